@@ -1,0 +1,189 @@
+"""The check context: everything a check function is handed.
+
+A check is a plain function ``check(ctx)`` (trio.testing style). The context
+gives it the target's address, a way to connect scripted clients, fresh
+target instances for lifecycle checks, a seeded random generator, scaled
+timeouts, and the verbs that end a check: :meth:`CheckContext.fail`,
+:meth:`CheckContext.skip`, :meth:`CheckContext.observe`. Everything the
+context opens it closes in :meth:`CheckContext.close`.
+
+This module must not import pytest: checks run the same from a grading
+script.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from typing import TYPE_CHECKING, Callable, NoReturn
+
+from .errors import NotApplicable, ProtocolViolation
+from .rawclient import ScriptedClient
+from .transcript import Transcript
+
+if TYPE_CHECKING:
+    from .declarations import TargetSpec
+    from .registry import Check, Suite
+    from .target import TargetInstance, TargetPool
+
+__all__ = ["CheckContext"]
+
+
+class CheckContext:
+    """What a check function gets.
+
+    Example::
+
+        @SUITE.check("echo", "byte-exact", title="echoes bytes unchanged")
+        def check_byte_exact(ctx: CheckContext) -> None:
+            message = ctx.random_bytes(64)
+            with ctx.connect() as client:
+                client.send(message)
+                reply = client.recv_exactly(len(message))
+            ctx.expect(reply == message, "the echo differs from what was sent",
+                       expected=repr(message), got=repr(reply))
+
+    Attributes:
+        check: the check being run.
+        spec: the target's declaration.
+        suite: the suite the check belongs to.
+        seed: the run's seed.
+        rng: a generator seeded from the seed, the target and the check id,
+            so a check makes the same choices whatever ran before it.
+        transcript: every event on every connection the check opened.
+        timeout_scale: ``--netlab-timeout-scale``.
+        observations: notes of an INFO check.
+    """
+
+    def __init__(
+        self,
+        check: Check,
+        spec: TargetSpec,
+        suite: Suite,
+        *,
+        pool: TargetPool | None,
+        seed: int,
+        timeout_scale: float = 1.0,
+    ) -> None:
+        self.check = check
+        self.spec = spec
+        self.suite = suite
+        self.seed = seed
+        self.rng = random.Random(f"{seed}/{spec.name}/{check.id}")
+        self.transcript = Transcript()
+        self.timeout_scale = timeout_scale
+        self.observations: list[str] = []
+        self._pool = pool
+        self._instance: TargetInstance | None = None
+        self._fresh: list[TargetInstance] = []
+        self._clients: list[ScriptedClient] = []
+        self._cleanups: list[Callable[[], None]] = []
+        self._streams = 0
+
+    # -- the target ------------------------------------------------------------
+
+    def attach(self, instance: TargetInstance | None) -> None:
+        """Set the instance the check talks to (the runner does this)."""
+        self._instance = instance
+
+    @property
+    def target(self) -> TargetInstance:
+        """The running instance under test (not available for address targets)."""
+        if self._instance is None:
+            raise NotApplicable(f"target {self.spec.name} is a running server, not a command we start")
+        return self._instance
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where the target listens."""
+        if self._instance is not None:
+            return self._instance.address
+        if self.spec.address is not None:
+            return self.spec.address.host, self.spec.address.port
+        raise NotApplicable("the target has no address")
+
+    def instances(self) -> list[TargetInstance]:
+        """Every instance this check used (the crash detector looks at them)."""
+        return list(dict.fromkeys(([self._instance] if self._instance else []) + self._fresh))
+
+    def fresh_target(self, host: str | None = None) -> TargetInstance:
+        """Start a new instance of the target for this check alone (stopped afterwards)."""
+        if self._pool is None or not self.spec.launched:
+            raise NotApplicable(f"{self.check.id} starts and stops the target, and {self.spec.name} is a running server")
+        instance = self._pool.fresh(self.spec, self.suite, host=host)
+        self._fresh.append(instance)
+        if self._instance is None:
+            self._instance = instance
+        return instance
+
+    def signal_target(self, instance: TargetInstance, sig: int = signal.SIGTERM) -> None:
+        """Send a signal to the target's main process; its exit is then expected, not a crash."""
+        instance.expect_exit = True
+        if instance.process is not None:
+            instance.process.send_signal(sig)
+
+    # -- talking to it ---------------------------------------------------------
+
+    def timeout(self, seconds: float) -> float:
+        """A protocol timeout, scaled by ``--netlab-timeout-scale``."""
+        return seconds * self.timeout_scale
+
+    def connect(
+        self,
+        address: tuple[str, int] | None = None,
+        *,
+        timeout: float = 5.0,
+        label: str | None = None,
+        receive_buffer: int | None = None,
+        source_host: str | None = None,
+    ) -> ScriptedClient:
+        """Open a scripted TCP client to the target (or ``address``), recorded in the transcript."""
+        self._streams += 1
+        client = ScriptedClient.connect(
+            address or self.address,
+            transcript=self.transcript,
+            stream=label or f"conn{self._streams}",
+            timeout=self.timeout(timeout),
+            receive_buffer=receive_buffer,
+            source_host=source_host,
+        )
+        self._clients.append(client)
+        return client
+
+    def random_bytes(self, n: int) -> bytes:
+        """``n`` seeded random bytes."""
+        return self.rng.randbytes(n)
+
+    # -- verdicts --------------------------------------------------------------
+
+    def fail(self, summary: str, *, expected: str = "", got: str = "", hint: str = "") -> NoReturn:
+        """End the check: the target broke the rule."""
+        raise ProtocolViolation(summary, expected=expected, got=got, hint=hint)
+
+    def expect(self, condition: bool, summary: str, *, expected: str = "", got: str = "", hint: str = "") -> None:
+        """Fail with these words unless ``condition`` holds."""
+        if not condition:
+            self.fail(summary, expected=expected, got=got, hint=hint)
+
+    def skip(self, reason: str) -> NoReturn:
+        """End the check: it does not apply here."""
+        raise NotApplicable(reason)
+
+    def observe(self, note: str) -> None:
+        """Record an observation (INFO checks report these)."""
+        self.observations.append(note)
+
+    def add_cleanup(self, func: Callable[[], None]) -> None:
+        """Run ``func`` when the check ends, whatever happened."""
+        self._cleanups.append(func)
+
+    def close(self) -> None:
+        """Close every client, run cleanups, stop fresh instances."""
+        for client in self._clients:
+            client.close()
+        for func in reversed(self._cleanups):
+            func()
+        if self._pool is not None:
+            for instance in self._fresh:
+                self._pool.release(instance)
+        self._fresh.clear()

@@ -1,0 +1,171 @@
+"""Fixtures for users' own tests (SPEC 5): thin wrappers over the machinery.
+
+Each fixture's docstring is what ``pytest --fixtures`` shows, so each carries
+a short usage example. The fixtures own nothing of their own: they hand out
+objects from :mod:`pytest_netlab.target`, :mod:`pytest_netlab.rawclient` and
+:mod:`pytest_netlab.transcript`, and close them at teardown.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import pytest
+
+from .declarations import TargetSpec
+from .items import SESSION_KEY
+from .ports import PortAllocator
+from .rawclient import ScriptedClient
+from .target import TargetInstance, TargetPool
+from .transcript import Transcript
+
+__all__ = ["netlab_seed", "netlab_transcript", "launch_server", "scripted_client", "netlab_target"]
+
+_SEED_KEY = pytest.StashKey[int]()
+
+
+@pytest.fixture(scope="session")
+def netlab_seed(request: pytest.FixtureRequest) -> int:
+    """The run's seed: ``--netlab-seed``, or a random one printed in the header.
+
+    Example::
+
+        def test_shuffle(netlab_seed):
+            rng = random.Random(netlab_seed)
+    """
+    config = request.config
+    netlab = config.stash.get(SESSION_KEY, None)
+    if netlab is not None:
+        return netlab.seed
+    if _SEED_KEY not in config.stash:
+        option = config.getoption("netlab_seed", default=None)
+        config.stash[_SEED_KEY] = int(option) if option else random.SystemRandom().randrange(1, 2**31)
+    return config.stash[_SEED_KEY]
+
+
+@pytest.fixture
+def netlab_transcript() -> Transcript:
+    """A fresh transcript that scripted clients of this test record into.
+
+    Example::
+
+        def test_echo(scripted_client, netlab_transcript):
+            ...
+            print(netlab_transcript.excerpt())
+    """
+    return Transcript()
+
+
+@pytest.fixture(scope="session")
+def _netlab_pool(request: pytest.FixtureRequest) -> Iterator[TargetPool]:
+    workroot = Path(tempfile.mkdtemp(prefix="netlab-fixtures-"))
+    pool = TargetPool(PortAllocator(), f"netlab-{uuid.uuid4().hex[:12]}", 1.0, workroot)
+    yield pool
+    pool.close()
+    import shutil
+
+    shutil.rmtree(workroot, ignore_errors=True)
+
+
+@pytest.fixture
+def launch_server(_netlab_pool: TargetPool, tmp_path: Path) -> Iterator[Callable[..., TargetInstance]]:
+    """Launch any command as an ephemeral server and wait until it is ready.
+
+    The command is split with shlex (never a shell); ``{host}``, ``{port}``
+    and ``{python}`` are filled in. The server is stopped (SIGTERM, then
+    SIGKILL, whole process tree) at teardown.
+
+    Example::
+
+        def test_my_server(launch_server, scripted_client):
+            server = launch_server("{python} server.py {host} {port}", ready="tcp")
+            client = scripted_client(server.address)
+            client.send(b"ping")
+            assert client.recv_exactly(4) == b"ping"
+    """
+    started: list[TargetInstance] = []
+
+    def launch(
+        command: str,
+        *,
+        ready: str = "tcp",
+        host: str = "127.0.0.1",
+        startup_timeout: float = 10.0,
+        cwd: Path | str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> TargetInstance:
+        spec = TargetSpec(
+            name=f"server{len(started) + 1}",
+            origin=command,
+            source="launch_server()",
+            command=command,
+            address=None,
+            suites=(),
+            ready=ready,
+            startup_timeout=startup_timeout,
+            cwd=Path(cwd) if cwd else Path.cwd(),
+            env=dict(env or {}),
+            host=host,
+        )
+        instance = _netlab_pool.fresh(spec, None)
+        started.append(instance)
+        return instance
+
+    yield launch
+    for instance in started:
+        _netlab_pool.release(instance)
+
+
+@pytest.fixture
+def scripted_client(netlab_transcript: Transcript) -> Iterator[Callable[..., ScriptedClient]]:
+    """Open scripted raw TCP clients that record into ``netlab_transcript``.
+
+    Example::
+
+        def test_half_close(scripted_client, launch_server):
+            server = launch_server("{python} echo.py {host} {port}")
+            client = scripted_client(server.address, timeout=2.0)
+            client.send(b"bye")
+            client.shutdown_write()
+            assert client.read_until_close() == (b"bye", "eof")
+    """
+    clients: list[ScriptedClient] = []
+
+    def connect(address: tuple[str, int], **options: Any) -> ScriptedClient:
+        options.setdefault("stream", f"conn{len(clients) + 1}")
+        client = ScriptedClient.connect(address, transcript=netlab_transcript, **options)
+        clients.append(client)
+        return client
+
+    yield connect
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def netlab_target(request: pytest.FixtureRequest, _netlab_pool: TargetPool) -> Iterator[TargetInstance]:
+    """The first ``--netlab-target`` (a command), started for this test.
+
+    Skipped when the run has no command target. Gives its address, logs,
+    ``restart()`` and ``stop()``.
+
+    Example::
+
+        def test_my_extra_rule(netlab_target, scripted_client):
+            client = scripted_client(netlab_target.address)
+            ...
+            netlab_target.restart()
+    """
+    netlab = request.config.stash.get(SESSION_KEY, None)
+    specs = [spec for spec in (netlab.specs if netlab else []) if spec.launched]
+    if not specs:
+        pytest.skip("no --netlab-target command to start (give --netlab-target=NAME or a command)")
+    spec = specs[0]
+    suite = netlab.suites.get(spec.suites[0]) if netlab and spec.suites else None
+    instance = _netlab_pool.fresh(spec, suite)
+    yield instance
+    _netlab_pool.release(instance)
