@@ -26,7 +26,14 @@ WRITTEN_KEY = pytest.StashKey[list[Path]]()
 
 # Fixtures for users' own tests live in their own module; importing them here
 # registers them with pytest through this plugin module.
-from .fixtures_api import launch_server, netlab_seed, netlab_transcript  # noqa: E402,F401
+from .fixtures_api import (  # noqa: E402,F401
+    _netlab_pool,
+    launch_server,
+    netlab_seed,
+    netlab_target,
+    netlab_transcript,
+    scripted_client,
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -98,8 +105,15 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     netlab = config.stash.get(SESSION_KEY, None)
-    if netlab is not None:
-        items.extend(build_items(session, netlab))
+    if netlab is None:
+        return
+    created = build_items(session, netlab)
+    items.extend(created)
+    # Our items are made here, not by a collector, so the terminal's
+    # "collected N items" has not counted them yet.
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and hasattr(reporter, "_numcollected"):
+        reporter._numcollected += len(created)
 
 
 @pytest.hookimpl(hookwrapper=True)

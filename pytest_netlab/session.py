@@ -119,7 +119,11 @@ class NetlabSession:
             seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(1, 2**31)
         self.seed = seed
         self.worker = worker
-        self.run_marker = os.environ.get("NETLAB_RUN_MARKER") or f"netlab-{uuid.uuid4().hex[:12]}"
+        # NETLAB_RUN_MARKER lets a self-test find what a run left behind; each
+        # xdist worker gets its own suffix so that one worker's watchdog never
+        # kills another worker's targets.
+        base = os.environ.get("NETLAB_RUN_MARKER") or f"netlab-{uuid.uuid4().hex[:12]}"
+        self.run_marker = f"{base}-w{worker[0]}"
         self._workroot: Path | None = None
         self._reaper: Reaper | None = None
         self._pool: TargetPool | None = None

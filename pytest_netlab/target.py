@@ -161,7 +161,7 @@ class TargetInstance:
                 cwd=self.spec.cwd,
                 env=env,
                 limits=limits_for(self.spec),
-                marker=f"{self._run_marker}-{uuid.uuid4().hex[:8]}",
+                marker=f"t-{uuid.uuid4().hex[:20]}",
             )
         except LaunchError as error:
             return TargetStartError(f"target {self.spec.name} could not be started: {error}", details=f"command: {' '.join(argv)}")
