@@ -98,6 +98,11 @@ class CappedLog:
         with self._cond:
             return self._total > len(self._head) + len(self._tail)
 
+    def data(self) -> bytes:
+        """The kept bytes, head then tail (all of the output when not :attr:`truncated`)."""
+        with self._cond:
+            return bytes(self._head) + bytes(self._tail)
+
     def text(self) -> str:
         """The kept output: head, a note of what was dropped, tail."""
         with self._cond:

@@ -14,7 +14,10 @@ script.
 from __future__ import annotations
 
 import random
+import shutil
 import signal
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NoReturn
 
 from .errors import NotApplicable, ProtocolViolation
@@ -22,6 +25,7 @@ from .rawclient import ScriptedClient
 from .transcript import Transcript
 
 if TYPE_CHECKING:
+    from .client_target import ClientRun, RunningClient
     from .declarations import TargetSpec
     from .registry import Check, Suite
     from .target import TargetInstance, TargetPool
@@ -77,8 +81,10 @@ class CheckContext:
         self._instance: TargetInstance | None = None
         self._fresh: list[TargetInstance] = []
         self._clients: list[ScriptedClient] = []
+        self._client_runs: list[RunningClient] = []
         self._cleanups: list[Callable[[], None]] = []
         self._streams = 0
+        self._workdir: Path | None = None
 
     # -- the target ------------------------------------------------------------
 
@@ -122,7 +128,31 @@ class CheckContext:
         if instance.process is not None:
             instance.process.send_signal(sig)
 
+    def start_client(self, **values: str) -> RunningClient:
+        """Start the client target with these placeholder values (host, port, url...).
+
+        The check plays the server meanwhile; :meth:`RunningClient.wait`
+        collects the result. A client still running when the check ends is
+        killed.
+        """
+        if self._pool is None or not self.spec.launched:
+            raise NotApplicable(f"{self.spec.name} is not a command, so it cannot be run as a client")
+        running = self._pool.client_launcher(self.spec).start(values)
+        self._client_runs.append(running)
+        return running
+
+    def run_client(self, timeout: float = 10.0, **values: str) -> ClientRun:
+        """Run the client target to completion (at most ``timeout`` seconds, scaled)."""
+        return self.start_client(**values).wait(self.timeout(timeout))
+
     # -- talking to it ---------------------------------------------------------
+
+    @property
+    def workdir(self) -> Path:
+        """A directory of this check's own for files handed to a target; removed afterwards."""
+        if self._workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix="check-", dir=self._pool.workroot if self._pool else None))
+        return self._workdir
 
     def timeout(self, seconds: float) -> float:
         """A protocol timeout, scaled by ``--netlab-timeout-scale``."""
@@ -181,9 +211,13 @@ class CheckContext:
         """Close every client, run cleanups, stop fresh instances."""
         for client in self._clients:
             client.close()
+        for running in self._client_runs:
+            running.stop()
         for func in reversed(self._cleanups):
             func()
         if self._pool is not None:
             for instance in self._fresh:
                 self._pool.release(instance)
         self._fresh.clear()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)

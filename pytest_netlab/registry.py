@@ -17,7 +17,7 @@ import importlib
 import pkgutil
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 if TYPE_CHECKING:
     from .context import CheckContext
@@ -114,6 +114,10 @@ class Suite:
         placeholders: the command placeholders this suite fills in.
         ready: the default ready probe for its targets (``tcp``, ``udp``).
         description: what the target must speak (README text).
+        prepare: for a server suite, ``prepare(instance) -> {placeholder: value}``
+            called before each start of a target instance, with the instance's
+            own directory in ``instance.workdir`` (write certificates or a
+            docroot there). ``host``, ``port`` and ``python`` are always given.
         fixtures_dir: the folder of ``fixtures/`` holding its reference.
     """
 
@@ -123,6 +127,7 @@ class Suite:
     placeholders: tuple[str, ...]
     ready: str = "tcp"
     description: str = ""
+    prepare: Callable[[Any], Mapping[str, str]] | None = None
     checks: dict[str, Check] = field(default_factory=dict)
 
     @property

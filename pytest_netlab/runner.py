@@ -22,10 +22,14 @@ from typing import Callable
 from .context import CheckContext
 from .declarations import TargetSpec
 from .errors import HarnessError, NotApplicable, ProtocolViolation, TargetCrashed, TargetError
-from .registry import Check, Severity, Suite
+from .registry import Check, Role, Severity, Suite
 from .target import TargetPool
 
 __all__ = ["Verdict", "CheckRunner", "OUTCOMES", "ipv6_available"]
+
+# Seconds a failed check waits for a dying target's exit status (bounded, and
+# only on the failure path: a passing check never waits).
+_CRASH_SETTLE = 0.3
 
 #: passed; failed (a MUST, or a SHOULD under --netlab-strict); unmet (a SHOULD);
 #: observed (an INFO note); skipped (not applicable); error (harness).
@@ -90,6 +94,8 @@ class CheckRunner:
         missing = spec.missing_requirements()
         if missing:
             return f"target {spec.name} needs {', '.join(missing)}, which is not installed"
+        if check.role is Role.CLIENT and not spec.launched:
+            return f"{spec.name} is a running server, but {check.suite} checks a client program: give its command"
         if ("lifecycle" in check.needs or check.fresh_target) and not spec.launched:
             return f"{spec.name} is a running server: this check must start, stop or restart it"
         if "ipv6" in check.needs and not ipv6_available():
@@ -103,7 +109,7 @@ class CheckRunner:
         ctx = CheckContext(check, spec, suite, pool=self.pool, seed=self.seed, timeout_scale=self.timeout_scale)
         try:
             try:
-                if spec.launched and not check.fresh_target:
+                if spec.launched and not check.fresh_target and suite.role is Role.SERVER:
                     ctx.attach(self.pool.shared(spec, suite))
                 check.func(ctx)
             finally:
@@ -111,7 +117,7 @@ class CheckRunner:
             if crash is not None:
                 raise crash
         except ProtocolViolation as violation:
-            crash = _find_crash(ctx)
+            crash = _find_crash(ctx, settle=ctx.timeout(_CRASH_SETTLE))
             return self._violation(check, spec, ctx, violation, crash)
         except TargetError as error:
             return Verdict("failed", summary=error.summary, message=self._render_target_error(check, spec, ctx, error))
@@ -126,7 +132,7 @@ class CheckRunner:
                 expected="the target keeps the connection open and answers",
                 got=f"{type(error).__name__} ({error})",
             )
-            return self._violation(check, spec, ctx, violation, _find_crash(ctx))
+            return self._violation(check, spec, ctx, violation, _find_crash(ctx, settle=ctx.timeout(_CRASH_SETTLE)))
         except Exception:
             detail = traceback.format_exc(limit=8)
             return Verdict("error", summary="internal error in the check", message=self._render_harness(check, spec, detail))
@@ -181,13 +187,18 @@ class CheckRunner:
         )
 
 
-def _find_crash(ctx: CheckContext) -> TargetCrashed | None:
-    """A TargetCrashed for the first instance that died without being asked to."""
+def _find_crash(ctx: CheckContext, settle: float = 0.0) -> TargetCrashed | None:
+    """A TargetCrashed for the first instance that died without being asked to.
+
+    Args:
+        settle: after a failed check, how long to give a dying target to
+            finish exiting: its RST often arrives before its exit status.
+    """
     for instance in ctx.instances():
         process = instance.process
         if process is None or instance.expect_exit:
             continue
-        status = process.poll()
+        status = process.wait(settle) if settle else process.poll()
         if status is not None:
             return TargetCrashed(
                 f"the target crashed during this check: it {status.describe()}",

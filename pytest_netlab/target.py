@@ -20,7 +20,7 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from .declarations import TargetSpec
 from .errors import HarnessError, TargetStartError
@@ -30,6 +30,9 @@ from .ports import PortAllocator, port_is_free
 from .process import ExitStatus, LaunchError, ManagedProcess, ResourceLimits, scrubbed_environment
 from .readiness import format_address, parse_ready
 from .registry import Suite
+
+if TYPE_CHECKING:
+    from .client_target import ClientLauncher
 
 __all__ = ["TargetInstance", "TargetPool", "limits_for"]
 
@@ -271,6 +274,7 @@ class TargetPool:
         self._shared: dict[tuple[str, str], TargetInstance] = {}
         self._start_failures: dict[tuple[str, str], TargetStartError] = {}
         self._instances: list[TargetInstance] = []
+        self._clients: dict[str, ClientLauncher] = {}
 
     def _new(self, spec: TargetSpec, suite: Suite | None, host: str | None) -> TargetInstance:
         workdir = Path(tempfile.mkdtemp(prefix=_safe(spec.name) + "-", dir=self._workroot))
@@ -282,7 +286,7 @@ class TargetPool:
             workdir=workdir,
             run_marker=self._run_marker,
             timeout_scale=self._scale,
-            placeholders=self._placeholders.get(suite.name) if suite else None,
+            placeholders=(self._placeholders.get(suite.name) or suite.prepare) if suite else None,
         )
         self._instances.append(instance)
         return instance
@@ -320,6 +324,20 @@ class TargetPool:
             self.release(instance)
             raise
         return instance
+
+    @property
+    def workroot(self) -> Path:
+        """The run's temporary directory (removed by the watchdog if pytest dies)."""
+        return self._workroot
+
+    def client_launcher(self, spec: TargetSpec) -> "ClientLauncher":
+        """Runs of a client target, each with the placeholders a check gives."""
+        from .client_target import ClientLauncher
+
+        if spec.name not in self._clients:
+            workdir = Path(tempfile.mkdtemp(prefix=_safe(spec.name) + "-client-", dir=self._workroot))
+            self._clients[spec.name] = ClientLauncher(spec, workdir, self._run_marker)
+        return self._clients[spec.name]
 
     def release(self, instance: TargetInstance) -> None:
         """Stop a fresh instance and forget it."""

@@ -46,11 +46,22 @@ class TcpProtocol:
         example: ``rng -> (request, reply)``: one complete request and the
             exact reply a conforming server sends.
         partial_request: ``rng -> bytes``: the start of a request that is
-            not complete yet (the server must wait for the rest).
+            not complete yet (the server must wait for the rest), sent on a
+            plain TCP connection.
+        connect: ``(ctx, address, label) -> ScriptedClient`` for a protocol
+            that needs more than a TCP connection before requests (a TLS
+            handshake); None means ``ctx.connect``.
     """
 
     example: Callable[[random.Random], tuple[bytes, bytes]]
     partial_request: Callable[[random.Random], bytes]
+    connect: Callable[[CheckContext, tuple[str, int], str], ScriptedClient] | None = None
+
+    def open(self, ctx: CheckContext, label: str, address: tuple[str, int] | None = None) -> ScriptedClient:
+        """A client ready for requests (connected, and handshaken if the protocol needs it)."""
+        if self.connect is None:
+            return ctx.connect(address, label=label)
+        return self.connect(ctx, address or ctx.address, label)
 
 
 def exchange(ctx: CheckContext, client: ScriptedClient, protocol: TcpProtocol, timeout: float = 5.0) -> None:
@@ -99,7 +110,7 @@ def check_reuseaddr(ctx: CheckContext, protocol: TcpProtocol) -> None:
     target on the same port at once. Without SO_REUSEADDR the old connection,
     now in TIME_WAIT on the server's side, keeps the port and bind() fails."""
     instance = ctx.fresh_target()
-    client = ctx.connect(instance.address)
+    client = protocol.open(ctx, "before-kill", instance.address)
     exchange(ctx, client, protocol)
     instance.kill()
     client.close()
@@ -112,7 +123,7 @@ def check_reuseaddr(ctx: CheckContext, protocol: TcpProtocol) -> None:
             got=error.summary + ("\n    " + "\n    ".join(error.details.splitlines()) if error.details else ""),
             hint="set SO_REUSEADDR on the listening socket before bind()",
         ) from None
-    exchange(ctx, ctx.connect(instance.address), protocol)
+    exchange(ctx, protocol.open(ctx, "after-restart", instance.address), protocol)
 
 
 def check_bind_host(ctx: CheckContext, protocol: TcpProtocol) -> None:
@@ -154,12 +165,12 @@ def check_abrupt_reset(ctx: CheckContext, protocol: TcpProtocol) -> None:
     # Let the target read the partial request first, so the RST hits a pending recv().
     time.sleep(ctx.timeout(0.05))
     waiting.reset()
-    replying = ctx.connect(label="reset-before-reply")
+    replying = protocol.open(ctx, "reset-before-reply")
     request, _ = protocol.example(ctx.rng)
     replying.send(request)
     replying.reset()
     time.sleep(ctx.timeout(0.05))
-    exchange(ctx, ctx.connect(label="next-client"), protocol)
+    exchange(ctx, protocol.open(ctx, "next-client"), protocol)
 
 
 def check_garbage(ctx: CheckContext, protocol: TcpProtocol) -> None:
@@ -174,13 +185,13 @@ def check_garbage(ctx: CheckContext, protocol: TcpProtocol) -> None:
     except ProtocolViolation:
         pass  # silence, a reset or an error reply are all allowed answers to garbage
     garbage.close()
-    exchange(ctx, ctx.connect(label="next-client"), protocol)
+    exchange(ctx, protocol.open(ctx, "next-client"), protocol)
 
 
 def check_concurrent_clients(ctx: CheckContext, protocol: TcpProtocol) -> None:
     """Open several connections at once, send a request on each, then read the
     replies: every client must be served while the others stay connected."""
-    clients = [ctx.connect(label=f"client{i + 1}") for i in range(CONCURRENT_CLIENTS)]
+    clients = [protocol.open(ctx, f"client{i + 1}") for i in range(CONCURRENT_CLIENTS)]
     replies = []
     for client in clients:
         request, reply = protocol.example(ctx.rng)
@@ -206,7 +217,7 @@ def check_stalled_client(ctx: CheckContext, protocol: TcpProtocol) -> None:
     stalled = ctx.connect(label="stalled")
     stalled.send(protocol.partial_request(ctx.rng))
     try:
-        exchange(ctx, ctx.connect(label="other"), protocol, timeout=3.0)
+        exchange(ctx, protocol.open(ctx, "other"), protocol, timeout=3.0)
     except ProtocolViolation as violation:
         raise ProtocolViolation(
             "a client that sent half a request and stalled kept another client from being served",
@@ -218,7 +229,7 @@ def check_stalled_client(ctx: CheckContext, protocol: TcpProtocol) -> None:
 
 def _signal_exit(ctx: CheckContext, protocol: TcpProtocol, sig: signal.Signals) -> None:
     instance = ctx.fresh_target()
-    client = ctx.connect(instance.address, label=f"idle-during-{sig.name}")
+    client = protocol.open(ctx, f"idle-during-{sig.name}", instance.address)
     exchange(ctx, client, protocol)
     ctx.signal_target(instance, sig)
     assert instance.process is not None
@@ -251,7 +262,7 @@ def check_ipv6(ctx: CheckContext, protocol: TcpProtocol) -> None:
             got=error.summary,
             hint="create the socket with the family getaddrinfo() returns for the host (AF_INET6 for ::1)",
         ) from None
-    exchange(ctx, ctx.connect(instance.address), protocol)
+    exchange(ctx, protocol.open(ctx, "ipv6", instance.address), protocol)
 
 
 _COMMON: list[tuple[str, str, Severity, tuple[str, ...], bool, tuple[str, ...], Callable[[CheckContext, TcpProtocol], None]]] = [
