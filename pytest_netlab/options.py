@@ -75,6 +75,7 @@ OPTIONS: tuple[Option, ...] = (
         "keep loopback packet captures: off, on-failure (default where capture works) or always",
         "choice",
         default="on-failure",
+        metavar="off|on-failure|always",
         choices=CAPTURE_MODES,
     ),
     Option("report", "write a JSON report of every target and check to PATH", "path", metavar="PATH"),
