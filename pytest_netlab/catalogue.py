@@ -61,7 +61,8 @@ def update_document(text: str) -> str:
         pattern = re.compile(rf"(<!-- netlab:{name} -->\n).*?(<!-- /netlab:{name} -->)", re.S)
         if not pattern.search(text):
             raise ValueError(f"no <!-- netlab:{name} --> ... <!-- /netlab:{name} --> section")
-        text = pattern.sub(lambda m, r=render: m.group(1) + r() + m.group(2), text)
+        rendered = render()
+        text = pattern.sub(lambda m: m.group(1) + rendered + m.group(2), text)
     return text
 
 

@@ -136,7 +136,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     data["message"] = verdict.message if verdict else str(call.excinfo.value if call.excinfo else "")
     data["duration"] = report.duration
     data["artifacts"] = dict(verdict.artifacts) if verdict else {}
-    report.netlab = data  # type: ignore[attr-defined]
+    report.netlab = data
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config) -> tuple[str, str, str] | None:

@@ -127,12 +127,12 @@ class CheckRunner:
             return Verdict("error", summary=str(error), message=self._render_harness(check, spec, str(error)))
         except (ConnectionError, TimeoutError) as error:
             # A raw socket call in a check met the target's RST or silence: that is the target's doing.
-            violation = ProtocolViolation(
+            network_failure = ProtocolViolation(
                 f"the connection failed: {type(error).__name__}: {error}",
                 expected="the target keeps the connection open and answers",
                 got=f"{type(error).__name__} ({error})",
             )
-            return self._violation(check, spec, ctx, violation, _find_crash(ctx, settle=ctx.timeout(_CRASH_SETTLE)))
+            return self._violation(check, spec, ctx, network_failure, _find_crash(ctx, settle=ctx.timeout(_CRASH_SETTLE)))
         except Exception:
             detail = traceback.format_exc(limit=8)
             return Verdict("error", summary="internal error in the check", message=self._render_harness(check, spec, detail))

@@ -11,7 +11,6 @@ excerpts read ``t=0.000``, ``t=0.004`` whatever the wall clock says.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from typing import Iterator
@@ -25,12 +24,13 @@ SERVER_TO_CLIENT = "s->c"
 #: data: bytes moved; eof: a FIN / orderly shutdown seen or sent; reset: an RST;
 #: connect / close: socket lifecycle; fault: a proxy decision; note: free text.
 EVENT_KINDS = ("data", "eof", "reset", "connect", "close", "fault", "timeout", "note")
+_KINDS = frozenset(EVENT_KINDS)
 
 # Long payloads are cut in excerpts: a 4 MiB echo must not become a 4 MiB message.
 _EXCERPT_BYTES = 48
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     """One thing that happened on the wire.
 
@@ -79,7 +79,7 @@ def format_bytes(data: bytes, limit: int = _EXCERPT_BYTES) -> str:
 
 
 class Transcript:
-    """A thread-safe, append-only list of :class:`Event`.
+    """An append-only list of :class:`Event`, safe to record into from several threads.
 
     Example::
 
@@ -92,7 +92,6 @@ class Transcript:
     def __init__(self, clock_start: float | None = None) -> None:
         self._start = time.monotonic() if clock_start is None else clock_start
         self._events: list[Event] = []
-        self._lock = threading.Lock()
 
     @property
     def start(self) -> float:
@@ -110,27 +109,34 @@ class Transcript:
         data: bytes = b"",
         note: str = "",
         stream: str = "",
+        at: float | None = None,
     ) -> Event:
-        """Append an event stamped with the current time and return it."""
-        if kind not in EVENT_KINDS:
+        """Append an event and return it.
+
+        Args:
+            at: the ``time.monotonic()`` when it happened, for a recorder that
+                takes the time on the hot path and logs later (a proxy logs
+                after forwarding); None means now.
+        """
+        if kind not in _KINDS:
             raise ValueError(f"unknown event kind {kind!r}; known: {', '.join(EVENT_KINDS)}")
-        event = Event(self.now(), direction, kind, bytes(data), note, stream)
-        with self._lock:
-            self._events.append(event)
+        t = (time.monotonic() if at is None else at) - self._start
+        event = Event(t, direction, kind, data if type(data) is bytes else bytes(data), note, stream)
+        # list.append is atomic under the GIL; the lock only guards snapshots
+        # against a concurrent append (see events).
+        self._events.append(event)
         return event
 
     @property
     def events(self) -> list[Event]:
-        """A snapshot of the events so far."""
-        with self._lock:
-            return list(self._events)
+        """A snapshot of the events so far (list() of a list is atomic under the GIL)."""
+        return list(self._events)
 
     def __iter__(self) -> Iterator[Event]:
         return iter(self.events)
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._events)
+        return len(self._events)
 
     def received(self, direction: str = SERVER_TO_CLIENT, stream: str | None = None) -> bytes:
         """All data bytes moved in ``direction`` (optionally on one stream), joined."""
