@@ -71,6 +71,9 @@ class ScriptedClient:
         self.timeout = timeout
         self.closed = False
         self.peer_closed: str | None = None  # "eof" or "reset" once seen
+        # Bytes received but not yet returned: a read that needed 4 bytes of a
+        # 10-byte segment leaves 6 here for the next read.
+        self._pending = bytearray()
 
     @classmethod
     def connect(
@@ -215,6 +218,10 @@ class ScriptedClient:
 
     def recv_some(self, timeout: float | None = None, limit: int = _RECV_SIZE) -> bytes:
         """Whatever arrives first (b"" at EOF); ReceiveTimeout when nothing does."""
+        if self._pending:
+            data = bytes(self._pending[:limit])
+            del self._pending[:limit]
+            return data
         wait = self.timeout if timeout is None else timeout
         try:
             data = self._recv_once(time.monotonic() + wait, limit)
@@ -227,10 +234,11 @@ class ScriptedClient:
     def _collect(self, done: Callable[[bytearray], int | None], what: str, timeout: float | None, max_bytes: int) -> bytes:
         wait = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
-        buffer = bytearray()
+        buffer, self._pending = self._pending, bytearray()
         while True:
             end = done(buffer)
             if end is not None:
+                self._pending = buffer[end:]
                 return bytes(buffer[:end])
             if len(buffer) > max_bytes:
                 raise ProtocolViolation(
@@ -263,7 +271,7 @@ class ScriptedClient:
             buffer += data
 
     def recv_exactly(self, n: int, timeout: float | None = None, what: str | None = None) -> bytes:
-        """Exactly ``n`` bytes; anything extra that arrived stays unread by design of the caller."""
+        """Exactly ``n`` bytes; bytes beyond them are kept for the next read."""
         label = what or f"{n} bytes"
         return self._collect(lambda b: n if len(b) >= n else None, label, timeout, max(n, _RECV_SIZE) * 2)
 
@@ -285,7 +293,7 @@ class ScriptedClient:
         """
         wait = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + wait
-        buffer = bytearray()
+        buffer, self._pending = self._pending, bytearray()
         while len(buffer) <= max_bytes:
             try:
                 data = self._recv_once(deadline)
