@@ -16,9 +16,11 @@ from typing import Any, Callable, Iterator, Mapping
 
 import pytest
 
-from .declarations import TargetSpec
+from .declarations import TargetSpec, resolve_targets
+from .errors import ConfigError
 from .items import SESSION_KEY
 from .ports import PortAllocator
+from .registry import all_suites
 from .rawclient import ScriptedClient
 from .target import TargetInstance, TargetPool
 from .transcript import Transcript
@@ -150,8 +152,9 @@ def scripted_client(netlab_transcript: Transcript) -> Iterator[Callable[..., Scr
 def netlab_target(request: pytest.FixtureRequest, _netlab_pool: TargetPool) -> Iterator[TargetInstance]:
     """The first ``--netlab-target`` (a command), started for this test.
 
-    Skipped when the run has no command target. Gives its address, logs,
-    ``restart()`` and ``stop()``.
+    ``@pytest.mark.netlab(target="NAME")`` picks the target for one test
+    (the marker wins over ``--netlab-target``). Skipped when there is no
+    command target. Gives its address, logs, ``restart()`` and ``stop()``.
 
     Example::
 
@@ -160,12 +163,24 @@ def netlab_target(request: pytest.FixtureRequest, _netlab_pool: TargetPool) -> I
             ...
             netlab_target.restart()
     """
-    netlab = request.config.stash.get(SESSION_KEY, None)
-    specs = [spec for spec in (netlab.specs if netlab else []) if spec.launched]
+    config = request.config
+    netlab = config.stash.get(SESSION_KEY, None)
+    marker = request.node.get_closest_marker("netlab")
+    wanted = marker.kwargs.get("target") if marker else None
+    if wanted:
+        try:
+            candidates = resolve_targets(
+                [wanted], rootdir=config.rootpath, invocation_dir=config.invocation_params.dir, suites=all_suites(), selected_suites=()
+            )
+        except ConfigError as error:
+            raise pytest.UsageError(f"pytest-netlab: @pytest.mark.netlab(target={wanted!r}) on {request.node.nodeid}: {error}") from None
+    else:
+        candidates = list(netlab.specs) if netlab else []
+    specs = [spec for spec in candidates if spec.launched]
     if not specs:
         pytest.skip("no --netlab-target command to start (give --netlab-target=NAME or a command)")
     spec = specs[0]
-    suite = netlab.suites.get(spec.suites[0]) if netlab and spec.suites else None
+    suite = all_suites().get(spec.suites[0]) if spec.suites else None
     instance = _netlab_pool.fresh(spec, suite)
     yield instance
     _netlab_pool.release(instance)

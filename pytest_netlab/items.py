@@ -97,15 +97,42 @@ class CheckItem(pytest.Item):
         return Path(self.config.rootpath, self.planned.spec.name), None, f"{self.planned.check.id} [{self.planned.spec.name}]"
 
 
+# Added to a check's own budget for pytest-timeout's backstop: starting the
+# target, stopping it, and the crash detector's settle time.
+_BACKSTOP_MARGIN = 30.0
+
+
+def _wants_backstop(config: pytest.Config) -> bool:
+    """True when pytest-timeout is active and the user set no timeout of their own
+    (a marker would override their --timeout, which must win)."""
+    if not config.pluginmanager.hasplugin("timeout"):
+        return False
+    if config.getoption("timeout", default=None):
+        return False
+    try:
+        return not config.getini("timeout")
+    except ValueError:
+        return True
+
+
 def build_items(session: pytest.Session, netlab: NetlabSession) -> list[CheckItem]:
     """Create the items of the plan, grouped under one node per target."""
     nodes: dict[str, TargetNode] = {}
     items: list[CheckItem] = []
+    backstop = _wants_backstop(session.config)
+    scale = netlab.settings.timeout_scale
     for planned in netlab.plan:
         name = planned.spec.name
         if name not in nodes:
             nodes[name] = TargetNode.from_parent(session, name=name, nodeid=name)
-        items.append(CheckItem.from_parent(nodes[name], name=planned.check.id, planned=planned))
+        item = CheckItem.from_parent(nodes[name], name=planned.check.id, planned=planned)
+        if backstop:
+            # Checks bound every wait themselves; this only stops a bug of ours
+            # from hanging a grading run. The signal method raises in the check,
+            # so the target is still stopped by the normal teardown.
+            budget = (planned.check.timeout + 2 * planned.spec.startup_timeout) * scale + _BACKSTOP_MARGIN
+            item.add_marker(pytest.mark.timeout(budget, method="signal"))
+        items.append(item)
     last_index: dict[str, int] = {item.planned.spec.name: i for i, item in enumerate(items)}
     for index in last_index.values():
         items[index].last_for_target = True

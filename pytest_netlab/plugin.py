@@ -42,7 +42,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "netlab: a pytest-netlab conformance check (added to every check item)")
+    config.addinivalue_line(
+        "markers",
+        "netlab(target=None): a pytest-netlab conformance check (added to every check item); "
+        "in your own tests, target='NAME' picks what the netlab_target fixture starts, over --netlab-target",
+    )
     try:
         settings = resolve_settings(config)
     except ConfigError as error:

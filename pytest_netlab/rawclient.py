@@ -219,9 +219,9 @@ class ScriptedClient:
     def recv_some(self, timeout: float | None = None, limit: int = _RECV_SIZE) -> bytes:
         """Whatever arrives first (b"" at EOF); ReceiveTimeout when nothing does."""
         if self._pending:
-            data = bytes(self._pending[:limit])
+            pending = bytes(self._pending[:limit])
             del self._pending[:limit]
-            return data
+            return pending
         wait = self.timeout if timeout is None else timeout
         try:
             data = self._recv_once(time.monotonic() + wait, limit)

@@ -163,3 +163,22 @@ def test_users_own_tests_use_the_fixtures(pytester: pytest.Pytester, run_marker:
 def test_fixture_docs_show_examples(pytester: pytest.Pytester) -> None:
     result = run(pytester, "--fixtures", "-v")
     result.stdout.fnmatch_lines(["launch_server*", "*Launch any command as an ephemeral server*", "*Example::*"])
+
+
+def test_marker_picks_the_target_over_the_command_line(pytester: pytest.Pytester, run_marker: str) -> None:
+    script = ECHO / "reset_on_eof.py"
+    pytester.makefile(".toml", netlab=f'[targets.rst]\ncommand = "{{python}} {script} {{host}} {{port}}"\nsuites = ["tcp-echo"]\n')
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.netlab(target="rst")
+        def test_pinned(netlab_target):
+            assert "reset_on_eof.py" in " ".join(netlab_target.argv)
+
+        def test_default(netlab_target):
+            assert "reference.py" in " ".join(netlab_target.argv)
+        """
+    )
+    result = run(pytester, ".", "--netlab-target=reference:tcp-echo", "--netlab-check=tcp-echo/echo/byte-exact")
+    result.assert_outcomes(passed=3)
