@@ -21,7 +21,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Mapping
 
 __all__ = ["TcpdumpRecorder", "TcpdumpFailed", "bpf_filter", "find_tcpdump"]
 
@@ -63,7 +63,7 @@ def find_tcpdump() -> str | None:
 class TcpdumpRecorder:
     """A tcpdump process writing the pcap file; markers are found by scanning the file."""
 
-    def __init__(self, executable: str, path: Path, bpf_filter: str, snaplen: int) -> None:
+    def __init__(self, executable: str, path: Path, bpf_filter: str, snaplen: int, env: Mapping[str, str] | None = None) -> None:
         self.command = [
             executable, "-i", "lo", "-n",
             "--immediate-mode",  # deliver each packet now, not when a buffer block fills
@@ -71,6 +71,9 @@ class TcpdumpRecorder:
             "-B", str(_tcpdump_buffer_kib(snaplen)), "-s", str(snaplen), "-w", str(path), bpf_filter,
         ]  # fmt: skip
         self.path = path
+        # Extra environment: a run capture passes the run marker, so the watchdog
+        # that cleans up after a killed pytest stops this tcpdump too.
+        self._env = {**os.environ, **env} if env else None
         self.dropped: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr = b""
@@ -85,7 +88,7 @@ class TcpdumpRecorder:
             # teardown stops the capture in order, not tcpdump mid-test.
             self._proc = subprocess.Popen(
                 self.command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE, start_new_session=True,
+                stderr=subprocess.PIPE, start_new_session=True, env=self._env,
             )  # fmt: skip
         except OSError as exc:
             raise TcpdumpFailed(f"cannot run {self.command[0]}: {exc}") from exc

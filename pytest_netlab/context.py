@@ -26,11 +26,41 @@ from .transcript import Transcript
 
 if TYPE_CHECKING:
     from .client_target import ClientRun, RunningClient
+    from .packets import Packet
+    from .run_capture import RunCapture
     from .declarations import TargetSpec
     from .registry import Check, Suite
     from .target import TargetInstance, TargetPool
 
-__all__ = ["CheckContext"]
+__all__ = ["CheckContext", "CaptureWindow"]
+
+
+class CaptureWindow:
+    """The part of the run's packet capture that belongs to one check.
+
+    Created by the runner when capture is on; a check reads its packets with
+    :meth:`CheckContext.packets`, and the runner saves the window as a pcap
+    when the check's capture is kept.
+    """
+
+    def __init__(self, capture: RunCapture, begin: bytes) -> None:
+        self.capture = capture
+        self.begin = begin
+        self.end: bytes | None = None
+        self.server_port: int | None = None
+        #: The ports whose packets belong to this check (its targets', its own servers').
+        self.ports: set[int] = set()
+        self.transcript_lines: list[str] = []
+
+    def finish(self) -> None:
+        """Mark the end of the check's traffic (called once the check is over)."""
+        if self.end is None:
+            self.end = self.capture.mark("end")
+
+    def save(self, dest: Path, timeout: float = 5.0) -> int:
+        """Write the check's packets (start to end, or to now) to ``dest``; returns how many."""
+        end = self.end or self.capture.mark("peek")
+        return self.capture.cut(self.begin, end, dest, self.ports, timeout)
 
 
 class CheckContext:
@@ -68,6 +98,7 @@ class CheckContext:
         pool: TargetPool | None,
         seed: int,
         timeout_scale: float = 1.0,
+        capture: CaptureWindow | None = None,
     ) -> None:
         self.check = check
         self.spec = spec
@@ -85,6 +116,7 @@ class CheckContext:
         self._cleanups: list[Callable[[], None]] = []
         self._streams = 0
         self._workdir: Path | None = None
+        self._capture = capture
 
     # -- the target ------------------------------------------------------------
 
@@ -180,6 +212,32 @@ class CheckContext:
         self._clients.append(client)
         return client
 
+    def capture_port(self, port: int) -> None:
+        """Include traffic to or from ``port`` (a server the check plays) in its capture."""
+        if self._capture is not None:
+            self._capture.ports.add(port)
+
+    def packets(self) -> list[Packet] | None:
+        """The packets this check has exchanged so far, or None when capture is off.
+
+        Checks use it for what the socket API cannot see (who sent the RST,
+        whether a FIN came first); without capture they judge by the socket
+        API alone and say so.
+        """
+        if self._capture is None:
+            return None
+        from .packets import packets
+
+        self._capture.ports.update(i.port for i in self.instances() if i.port)
+        dest = self.workdir / f"peek-{len(self.transcript)}.pcap"
+        self._capture.save(dest, timeout=self.timeout(5.0))
+        return packets(dest)
+
+    @property
+    def capturing(self) -> bool:
+        """True when the run's packet capture covers this check."""
+        return self._capture is not None
+
     def random_bytes(self, n: int) -> bytes:
         """``n`` seeded random bytes."""
         return self.rng.randbytes(n)
@@ -209,10 +267,17 @@ class CheckContext:
 
     def close(self) -> None:
         """Close every client, run cleanups, stop fresh instances."""
+        if self._capture is not None:
+            ports = [i.port for i in self.instances() if i.port] or ([self.spec.address.port] if self.spec.address else [])
+            self._capture.server_port = ports[0] if ports else None
+            self._capture.ports.update(ports)
+            self._capture.transcript_lines = self.transcript.lines(last=0)
         for client in self._clients:
             client.close()
         for running in self._client_runs:
             running.stop()
+        if self._capture is not None:
+            self._capture.finish()
         for func in reversed(self._cleanups):
             func()
         if self._pool is not None:

@@ -29,6 +29,7 @@ from pytest_netlab.transcript import format_bytes
 __all__ = [
     "Packet",
     "MARKER_PREFIX",
+    "decode_frame",
     "packets",
     "read_packets",
     "first_fin",
@@ -254,6 +255,11 @@ def _endpoint_names(
         else:
             names[(host, port)] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return names
+
+
+def decode_frame(timestamp: float, linktype: int, frame: bytes) -> Packet | None:
+    """One captured frame as a :class:`Packet` (None for markers and what is not TCP or UDP over IP)."""
+    return _decode(timestamp, linktype, frame)
 
 
 def _frames(stream: BinaryIO) -> Iterator[tuple[float, int, bytes]]:

@@ -98,6 +98,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     lines = [
         f"netlab: seed {netlab.seed} (rerun with --netlab-seed={netlab.seed}), timeout scale {settings.timeout_scale:g}, "
         f"{'strict' if settings.strict else 'SHOULD checks reported, not failed'}",
+        netlab.describe_capture(),
     ]
     for spec in netlab.specs:
         what = spec.command if spec.command is not None else str(spec.address)

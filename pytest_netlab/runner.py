@@ -13,19 +13,26 @@ outcomes.
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
-from .context import CheckContext
+from .context import CaptureWindow, CheckContext
+from .packets import ladder, packets
+from .run_capture import RunCapture
 from .declarations import TargetSpec
 from .errors import HarnessError, NotApplicable, ProtocolViolation, TargetCrashed, TargetError
 from .registry import Check, Role, Severity, Suite
 from .target import TargetPool
 
 __all__ = ["Verdict", "CheckRunner", "OUTCOMES", "ipv6_available"]
+
+# Outcomes whose capture --netlab-capture=on-failure keeps.
+_KEEP_ON_FAILURE = ("failed", "unmet", "error")
 
 # Seconds a failed check waits for a dying target's exit status (bounded, and
 # only on the failure path: a passing check never waits).
@@ -76,19 +83,48 @@ class CheckRunner:
         timeout_scale: float,
         strict: bool,
         reproduce: Callable[[Check, TargetSpec], str],
+        capture: RunCapture | None = None,
+        capture_mode: str = "off",
+        artifacts: Path | None = None,
     ) -> None:
         self.pool = pool
         self.seed = seed
         self.timeout_scale = timeout_scale
         self.strict = strict
         self.reproduce = reproduce
+        self.capture = capture
+        self.capture_mode = capture_mode
+        self.artifacts = artifacts or Path("netlab-artifacts")
 
     def run(self, check: Check, spec: TargetSpec, suite: Suite) -> Verdict:
         """Run ``check`` against ``spec`` and return its verdict; never raises."""
         started = time.monotonic()
-        verdict = self._run(check, spec, suite)
+        begin = self.capture.mark(f"begin {check.id} [{spec.name}]") if self.capture else None
+        evidence = CaptureWindow(self.capture, begin) if self.capture and begin else None
+        verdict = self._run(check, spec, suite, evidence)
         verdict.duration = time.monotonic() - started
+        if evidence is not None and (verdict.outcome in _KEEP_ON_FAILURE or self.capture_mode == "always"):
+            self._keep_evidence(check, spec, verdict, evidence)
         return verdict
+
+    def _keep_evidence(self, check: Check, spec: TargetSpec, verdict: Verdict, evidence: CaptureWindow) -> None:
+        base = self.artifacts / _file_name(spec.name) / check.id.replace("/", "__")
+        pcap = base.with_suffix(".pcap")
+        try:
+            count = evidence.save(pcap)
+        except HarnessError as error:
+            verdict.message += f"\n  capture:    not kept ({error})"
+            return
+        verdict.artifacts["pcap"] = str(pcap)
+        if evidence.transcript_lines:
+            transcript = base.with_suffix(".transcript.txt")
+            transcript.write_text("\n".join(evidence.transcript_lines) + "\n")
+            verdict.artifacts["transcript"] = str(transcript)
+        if verdict.outcome in _KEEP_ON_FAILURE:
+            picture = ladder(packets(pcap), server_port=evidence.server_port, limit=30) if count else "  (no packets)"
+            verdict.message += f"\n  capture:    {pcap} ({count} packets; tshark -r or Wireshark opens it)\n  packets:\n" + "\n".join(
+                "    " + line for line in picture.splitlines()
+            )
 
     def _not_applicable(self, check: Check, spec: TargetSpec) -> str | None:
         missing = spec.missing_requirements()
@@ -102,11 +138,11 @@ class CheckRunner:
             return "IPv6 loopback (::1) is not available on this machine"
         return None
 
-    def _run(self, check: Check, spec: TargetSpec, suite: Suite) -> Verdict:
+    def _run(self, check: Check, spec: TargetSpec, suite: Suite, evidence: CaptureWindow | None) -> Verdict:
         reason = self._not_applicable(check, spec)
         if reason:
             return Verdict("skipped", summary=reason, message=reason)
-        ctx = CheckContext(check, spec, suite, pool=self.pool, seed=self.seed, timeout_scale=self.timeout_scale)
+        ctx = CheckContext(check, spec, suite, pool=self.pool, seed=self.seed, timeout_scale=self.timeout_scale, capture=evidence)
         try:
             try:
                 if spec.launched and not check.fresh_target and suite.role is Role.SERVER:
@@ -205,3 +241,7 @@ def _find_crash(ctx: CheckContext, settle: float = 0.0) -> TargetCrashed | None:
                 details=process.describe(),
             )
     return None
+
+
+def _file_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)

@@ -27,10 +27,15 @@ from .options import Settings
 from .ports import PortAllocator
 from .process import Reaper
 from .registry import Check, Suite, all_suites, match_checks
+from .capture import CaptureError, CaptureUnavailable
+from .run_capture import RunCapture
 from .runner import CheckRunner
 from .target import TargetPool
 
-__all__ = ["PlannedCheck", "NetlabSession", "plan_checks", "points_for"]
+__all__ = ["PlannedCheck", "NetlabSession", "plan_checks", "points_for", "ARTIFACTS_DIR"]
+
+#: Where kept pcaps and transcripts go, under the directory pytest was started in.
+ARTIFACTS_DIR = "netlab-artifacts"
 
 
 @dataclass(frozen=True)
@@ -124,10 +129,14 @@ class NetlabSession:
         # kills another worker's targets.
         base = os.environ.get("NETLAB_RUN_MARKER") or f"netlab-{uuid.uuid4().hex[:12]}"
         self.run_marker = f"{base}-w{worker[0]}"
+        self.artifacts = invocation_dir / ARTIFACTS_DIR
+        #: Why packet capture is off, or None when it is on.
+        self.capture_off_reason: str | None = "--netlab-capture=off" if settings.capture == "off" else RunCapture.unavailable_reason()
         self._workroot: Path | None = None
         self._reaper: Reaper | None = None
         self._pool: TargetPool | None = None
         self._runner: CheckRunner | None = None
+        self._capture: RunCapture | None = None
 
     @property
     def runner(self) -> CheckRunner:
@@ -135,15 +144,43 @@ class NetlabSession:
         if self._runner is None:
             self._workroot = Path(tempfile.mkdtemp(prefix="netlab-"))
             self._reaper = Reaper.start(self.run_marker, [self._workroot])
-            self._pool = TargetPool(PortAllocator(*self.worker), self.run_marker, self.settings.timeout_scale, self._workroot)
+            ports = PortAllocator(*self.worker)
+            self._pool = TargetPool(ports, self.run_marker, self.settings.timeout_scale, self._workroot)
+            self._capture = self._start_capture(ports.range)
             self._runner = CheckRunner(
                 self._pool,
                 seed=self.seed,
                 timeout_scale=self.settings.timeout_scale,
                 strict=self.settings.strict,
                 reproduce=self.reproduce,
+                capture=self._capture,
+                capture_mode=self.settings.capture,
+                artifacts=self.artifacts,
             )
         return self._runner
+
+    def _start_capture(self, port_range: tuple[int, int]) -> RunCapture | None:
+        if self.capture_off_reason is not None:
+            return None
+        assert self._workroot is not None
+        capture = RunCapture(port_range, self._workroot / "run.pcap", env={"NETLAB_RUN": self.run_marker})
+        try:
+            capture.start()
+        except (CaptureError, CaptureUnavailable) as error:
+            self.capture_off_reason = f"tcpdump did not start: {error}"
+            return None
+        return capture
+
+    def describe_capture(self) -> str:
+        """The header line about packet capture."""
+        if self.capture_off_reason is None:
+            kept = "every check" if self.settings.capture == "always" else "failing checks"
+            return f"netlab capture: {self.settings.capture} (tcpdump on lo); pcaps of {kept} go to {self.artifacts}"
+        if self.settings.capture == "off":
+            return "netlab capture: off"
+        if self.settings.capture_explicit:
+            return f"netlab capture: UNAVAILABLE, you asked for {self.settings.capture}: {self.capture_off_reason}"
+        return f"netlab capture: off ({self.capture_off_reason})"
 
     def reproduce(self, check: Check, spec: TargetSpec) -> str:
         """The command line that reruns one check against one target."""
@@ -161,9 +198,12 @@ class NetlabSession:
             self._pool.stop_target(spec)
 
     def close(self) -> None:
-        """Stop every target, remove temporary files, dismiss the watchdog."""
+        """Stop every target and the capture, remove temporary files, dismiss the watchdog."""
         if self._pool is not None:
             self._pool.close()
+        if self._capture is not None:
+            self._capture.stop()
+            self._capture = None
         if self._workroot is not None:
             shutil.rmtree(self._workroot, ignore_errors=True)
         if self._reaper is not None:

@@ -16,6 +16,7 @@ import time
 
 from pytest_netlab.context import CheckContext
 from pytest_netlab.errors import ProtocolViolation
+from pytest_netlab.packets import resets
 from pytest_netlab.registry import Role, Suite, register_suite
 from pytest_netlab.transcript import format_bytes
 
@@ -184,24 +185,38 @@ def check_half_close(ctx: CheckContext) -> None:
     not wait for a close the client will never send."""
     payload = ctx.random_bytes(256 * 1024)
     with ctx.connect() as client:
+        local_port = client.sock.getsockname()[1]
         client.send(payload)
         client.shutdown_write()
         data, how = client.read_until_close(timeout=ctx.timeout(5.0))
+    evidence = "" if ctx.capturing else " (no packet capture: judged from what the socket API reports)"
     if data != payload:
         offset = _first_difference(payload, data)
         ctx.fail(
             f"after the client's half-close the target echoed {len(data)} of {len(payload)} bytes",
             expected=f"all {len(payload)} bytes, then the connection closed",
-            got=f"{len(data)} bytes (first difference at offset {offset}), then {'RST' if how == 'reset' else 'FIN'}",
+            got=f"{len(data)} bytes (first difference at offset {offset}), then {'RST' if how == 'reset' else 'FIN'}{evidence}",
             hint="on EOF (recv() returns b''), finish sending what you owe, then close; do not discard buffered data",
         )
     ctx.expect(
         how == "eof",
         "the target ended the connection with a reset (RST), not an orderly close (FIN)",
         expected="FIN after the last echoed byte",
-        got="RST",
+        got="RST" + evidence,
         hint="close() with unread data, or SO_LINGER 0, sends RST; read until EOF, then close",
     )
+    captured = ctx.packets()
+    if captured is not None:
+        # The socket API reports the first of FIN and RST; the wire shows an RST that follows a FIN.
+        server_port = ctx.address[1]
+        late_resets = [p for p in resets(captured) if p.sport == server_port and p.dport == local_port]
+        ctx.expect(
+            not late_resets,
+            "the target sent its FIN, then reset the connection (RST)",
+            expected="FIN, and nothing after it but ACKs",
+            got=f"RST at t={late_resets[0].t:.3f}" if late_resets else "",
+            hint="an RST after FIN means the socket was closed with unread data or SO_LINGER 0",
+        )
 
 
 @SUITE.check("echo", "binary", title="echoes every byte value, NUL and CR/LF included", references=(RFC,))
