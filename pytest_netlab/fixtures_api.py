@@ -25,7 +25,18 @@ from .rawclient import ScriptedClient
 from .target import TargetInstance, TargetPool
 from .transcript import Transcript
 
-__all__ = ["netlab_seed", "netlab_transcript", "launch_server", "scripted_client", "netlab_target"]
+__all__ = [
+    "netlab_seed",
+    "netlab_transcript",
+    "launch_server",
+    "scripted_client",
+    "netlab_target",
+    "tcp_proxy",
+    "udp_proxy",
+    "packet_capture",
+    "netlab_ca",
+    "cert_zoo",
+]
 
 _SEED_KEY = pytest.StashKey[int]()
 
@@ -184,3 +195,130 @@ def netlab_target(request: pytest.FixtureRequest, _netlab_pool: TargetPool) -> I
     instance = _netlab_pool.fresh(spec, suite)
     yield instance
     _netlab_pool.release(instance)
+
+
+@pytest.fixture
+def tcp_proxy(netlab_seed: int, netlab_transcript: Transcript) -> Iterator[Callable[..., Any]]:
+    """Put a TCP fault proxy between a client and a server (latency, slicing, resets, stalls).
+
+    Returns a factory; each proxy records both directions into
+    ``netlab_transcript`` and is closed at teardown. Half-close passes through.
+
+    Example::
+
+        def test_split_request(tcp_proxy, launch_server, scripted_client):
+            server = launch_server("{python} server.py {host} {port}")
+            proxy = tcp_proxy(server.address, client_to_server=TCPFaults(slice_size=1, slice_pause=0.01))
+            client = scripted_client(proxy.address)
+            ...
+    """
+    from .tcp_proxy import TCPFaultProxy
+
+    proxies: list[TCPFaultProxy] = []
+
+    def make(upstream: tuple[str, int], **faults: Any) -> TCPFaultProxy:
+        faults.setdefault("seed", netlab_seed)
+        faults.setdefault("transcript", netlab_transcript)
+        proxy = TCPFaultProxy(upstream, **faults).start()
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+
+
+@pytest.fixture
+def udp_proxy(netlab_seed: int, netlab_transcript: Transcript) -> Iterator[Callable[..., Any]]:
+    """Put a seeded lossy UDP proxy between a client and a server (or play the server).
+
+    Faults per direction: loss, Gilbert-Elliott bursts, duplication,
+    reordering, delay and jitter, corruption; scripted decisions ("drop the
+    first 3 requests"); every decision in ``netlab_transcript``; ``.stats``.
+
+    Example::
+
+        def test_retransmits(udp_proxy, launch_server):
+            server = launch_server("{python} udp_server.py {host} {port}", ready="udp")
+            proxy = udp_proxy(server.address, script=Script.drop_first(3))
+            ...  # point the client at proxy.address
+            assert proxy.stats.client_to_server.dropped == 3
+    """
+    from .udp_proxy import LossyUDPProxy
+
+    proxies: list[LossyUDPProxy] = []
+
+    def make(upstream: tuple[str, int] | None = None, **options: Any) -> LossyUDPProxy:
+        options.setdefault("seed", netlab_seed)
+        options.setdefault("transcript", netlab_transcript)
+        proxy = LossyUDPProxy(upstream, **options)
+        proxy.start()
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+
+
+@pytest.fixture
+def packet_capture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Capture the loopback traffic of some ports into a pcap, with parsed packets to assert on.
+
+    Skipped, with the reason and how to enable it, where capture is not
+    permitted. The pcap is kept in the test's ``tmp_path`` (pytest keeps the
+    last runs' directories).
+
+    Example::
+
+        def test_closes_with_fin(packet_capture, launch_server, scripted_client):
+            server = launch_server("{python} server.py {host} {port}")
+            with packet_capture([server.port], protocol="tcp") as capture:
+                ...  # talk to the server
+            assert not resets(capture.packets())
+    """
+    from .capture import LoopbackCapture, capture_support
+
+    support = capture_support()
+    if not support.available:
+        pytest.skip(f"packet capture is not available: {support.reason}")
+    captures: list[LoopbackCapture] = []
+
+    def make(ports: list[int], *, protocol: str | None = None, name: str = "capture") -> LoopbackCapture:
+        capture = LoopbackCapture(ports, tmp_path / f"{name}{len(captures) + 1}.pcap", protocol=protocol)  # type: ignore[arg-type]
+        captures.append(capture)
+        return capture
+
+    yield make
+    for capture in captures:
+        capture.close()
+
+
+@pytest.fixture(scope="session")
+def netlab_ca() -> Any:
+    """A certificate authority for the whole session (trustme underneath).
+
+    Example::
+
+        def test_tls_server(netlab_ca, tmp_path):
+            identity = netlab_ca.issue_server_cert("localhost", "127.0.0.1")
+            files = write_tls_files(tmp_path, identity=identity, ca_pem=netlab_ca.trust_pem)
+    """
+    from .certs import CertificateAuthority
+
+    return CertificateAuthority()
+
+
+@pytest.fixture(scope="session")
+def cert_zoo(netlab_ca: Any) -> Any:
+    """Good and bad server certificates (wrong host, expired, self-signed, CN-only...).
+
+    Example::
+
+        def test_client_rejects(cert_zoo):
+            entry = cert_zoo["expired"]
+            print(entry.defect, entry.verdict, entry.server_hostname)
+    """
+    from .certs import CertZoo
+
+    return CertZoo(netlab_ca)

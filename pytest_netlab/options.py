@@ -167,7 +167,7 @@ def resolve_settings(config: pytest.Config) -> Settings:
         seed=seed,
         timeout_scale=scale,
         capture=capture,
-        capture_explicit=raw["capture"] is not None,
+        capture_explicit=source["capture"] != "default",
         report=raw["report"] or None,
         gradescope=raw["gradescope"] or None,
     )

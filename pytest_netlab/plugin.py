@@ -28,11 +28,16 @@ WRITTEN_KEY = pytest.StashKey[list[Path]]()
 # registers them with pytest through this plugin module.
 from .fixtures_api import (  # noqa: E402,F401
     _netlab_pool,
+    cert_zoo,
     launch_server,
+    netlab_ca,
     netlab_seed,
     netlab_target,
     netlab_transcript,
+    packet_capture,
     scripted_client,
+    tcp_proxy,
+    udp_proxy,
 )
 
 
