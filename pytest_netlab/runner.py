@@ -19,15 +19,16 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .context import CaptureWindow, CheckContext
-from .packets import ladder, packets
-from .run_capture import RunCapture
 from .declarations import TargetSpec
 from .errors import HarnessError, NotApplicable, ProtocolViolation, TargetCrashed, TargetError
 from .registry import Check, Role, Severity, Suite
 from .target import TargetPool
+
+if TYPE_CHECKING:
+    from .run_capture import RunCapture
 
 __all__ = ["Verdict", "CheckRunner", "OUTCOMES", "ipv6_available"]
 
@@ -108,6 +109,8 @@ class CheckRunner:
         return verdict
 
     def _keep_evidence(self, check: Check, spec: TargetSpec, verdict: Verdict, evidence: CaptureWindow) -> None:
+        from .packets import ladder, packets  # dpkt is loaded only when a capture is kept
+
         base = self.artifacts / _file_name(spec.name) / check.id.replace("/", "__")
         pcap = base.with_suffix(".pcap")
         try:

@@ -20,6 +20,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .declarations import TargetSpec, resolve_targets
 from .errors import ConfigError
@@ -27,10 +28,11 @@ from .options import Settings
 from .ports import PortAllocator
 from .process import Reaper
 from .registry import Check, Suite, all_suites, match_checks
-from .capture import CaptureError, CaptureUnavailable
-from .run_capture import RunCapture
 from .runner import CheckRunner
 from .target import TargetPool
+
+if TYPE_CHECKING:
+    from .run_capture import RunCapture
 
 __all__ = ["PlannedCheck", "NetlabSession", "plan_checks", "points_for", "ARTIFACTS_DIR"]
 
@@ -131,7 +133,7 @@ class NetlabSession:
         self.run_marker = f"{base}-w{worker[0]}"
         self.artifacts = invocation_dir / ARTIFACTS_DIR
         #: Why packet capture is off, or None when it is on.
-        self.capture_off_reason: str | None = "--netlab-capture=off" if settings.capture == "off" else RunCapture.unavailable_reason()
+        self.capture_off_reason: str | None = "--netlab-capture=off" if settings.capture == "off" else _capture_unavailable_reason()
         self._workroot: Path | None = None
         self._reaper: Reaper | None = None
         self._pool: TargetPool | None = None
@@ -162,6 +164,9 @@ class NetlabSession:
     def _start_capture(self, port_range: tuple[int, int]) -> RunCapture | None:
         if self.capture_off_reason is not None:
             return None
+        from .capture import CaptureError, CaptureUnavailable
+        from .run_capture import RunCapture
+
         assert self._workroot is not None
         capture = RunCapture(port_range, self._workroot / "run.pcap", env={"NETLAB_RUN": self.run_marker})
         try:
@@ -209,3 +214,9 @@ class NetlabSession:
         if self._reaper is not None:
             self._reaper.close()
         self._pool = self._runner = self._reaper = None
+
+
+def _capture_unavailable_reason() -> str | None:
+    from .run_capture import RunCapture  # tcpdump and dpkt only for runs that capture
+
+    return RunCapture.unavailable_reason()
