@@ -172,12 +172,7 @@ def _resolve_one(value: str, rootdir: Path, cwd: Path, suites: Mapping[str, Suit
     if paths:
         specs: list[TargetSpec] = []
         for path in paths:
-            file = path / DECLARATION_FILE
-            if not file.is_file():
-                raise ConfigError(f"directory {_display(path, cwd)} holds no {DECLARATION_FILE}", source="--netlab-target")
-            label = _display(path, cwd)
-            for spec in load_declarations(file, origin=value):
-                specs.append(_replace(spec, name=f"{label}:{spec.name}"))
+            specs.extend(_directory_targets(path, cwd))
         return specs
     if any(ch in value for ch in "*?["):
         raise ConfigError(f"the glob {value!r} matches no directory", source="--netlab-target")
@@ -228,14 +223,17 @@ def _read_toml(file: Path) -> dict[str, Any]:
 
 def _parse_declarations(document: Mapping[str, Any], file: Path, *, origin: str, prefix: str = "") -> list[TargetSpec]:
     source = str(file)
-    unknown = sorted(set(document) - {"targets", "defaults"})
+    unknown = sorted(set(document) - {"targets", "defaults", "submission"})
     if unknown:
-        raise ConfigError(f"unknown table [{prefix}{unknown[0]}]; valid tables: [{prefix}targets.NAME], [{prefix}defaults]", source=source)
+        raise ConfigError(
+            f"unknown table [{prefix}{unknown[0]}]; valid tables: [{prefix}targets.NAME], [{prefix}defaults], [{prefix}submission]",
+            source=source,
+        )
     defaults = document.get("defaults", {})
     if not isinstance(defaults, dict):
         raise ConfigError(f"[{prefix}defaults] must be a table", source=source)
     targets = document.get("targets", {})
-    if not isinstance(targets, dict) or not targets:
+    if not isinstance(targets, dict) or (not targets and "submission" not in document):
         raise ConfigError(f"declares no targets; add a [{prefix}targets.NAME] table with a command", source=source)
     specs = []
     for name, table in targets.items():
@@ -247,8 +245,9 @@ def _parse_declarations(document: Mapping[str, Any], file: Path, *, origin: str,
     return specs
 
 
-def _parse_target(name: str, table: Mapping[str, Any], file: Path, origin: str) -> TargetSpec:
+def _parse_target(name: str, table: Mapping[str, Any], file: Path, origin: str, base: Path | None = None) -> TargetSpec:
     source = str(file)
+    base = base or file.parent
 
     def fail(key: str, message: str) -> ConfigError:
         return ConfigError(message, source=source, target=name, key=key)
@@ -289,7 +288,7 @@ def _parse_target(name: str, table: Mapping[str, Any], file: Path, origin: str) 
     if startup_timeout is not None and not 0 < startup_timeout <= 600:
         raise fail("startup_timeout", "must be between 0 and 600 seconds")
     cwd_text = get("cwd", str, "a path")
-    cwd = (file.parent / cwd_text).resolve() if cwd_text else file.parent.resolve()
+    cwd = (base / cwd_text).resolve() if cwd_text else base.resolve()
     if cwd_text and not cwd.is_dir():
         raise fail("cwd", f"{cwd} is not a directory")
     env = get("env", dict, "a table of strings") or {}
@@ -326,6 +325,31 @@ def _parse_target(name: str, table: Mapping[str, Any], file: Path, origin: str) 
         expect_fail=tuple(str(x) for x in expect_fail),
         bug=get("bug", str, "a string") or "",
         requires=tuple(str(x) for x in requires),
+    )
+
+
+def _directory_targets(path: Path, cwd: Path) -> list[TargetSpec]:
+    """The targets of one DIR: its own declarations, the submissions below a
+    ``[submission]`` template, or the template of the folder above it."""
+    label = _display(path, cwd)
+    file = path / DECLARATION_FILE
+    if file.is_file():
+        document = _read_toml(file)
+        specs = [_replace(spec, name=f"{label}:{spec.name}") for spec in _parse_declarations(document, file, origin=label)]
+        if "submission" in document:
+            for sub in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+                specs.extend(_directory_targets(sub, cwd))
+        return specs
+    template_file = path.parent / DECLARATION_FILE
+    if template_file.is_file():
+        document = _read_toml(template_file)
+        template = document.get("submission")
+        if isinstance(template, dict):
+            defaults = document.get("defaults", {})
+            return [_parse_target(label, {**defaults, **template}, template_file, label, base=path)]
+    raise ConfigError(
+        f"directory {label} holds no {DECLARATION_FILE}, and {_display(path.parent, cwd)}/{DECLARATION_FILE} has no [submission] template",
+        source="--netlab-target",
     )
 
 

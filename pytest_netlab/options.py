@@ -80,6 +80,18 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("report", "write a JSON report of every target and check to PATH", "path", metavar="PATH"),
     Option(
+        "gradebook",
+        "write a gradebook to PATH (.csv or .md): one row per target, one column per check group, and the total",
+        "path",
+        metavar="PATH",
+    ),
+    Option(
+        "shard",
+        "check only shard K of N of the targets (sorted by name), to split a class over machines or CI jobs",
+        "str",
+        metavar="K/N",
+    ),
+    Option(
         "gradescope",
         "write Gradescope's results.json to PATH ('{target}' in PATH gives one file per target)",
         "path",
@@ -121,6 +133,8 @@ class Settings:
     capture_explicit: bool
     report: str | None
     gradescope: str | None
+    gradebook: str | None
+    shard: tuple[int, int] | None
 
     @property
     def active(self) -> bool:
@@ -170,7 +184,32 @@ def resolve_settings(config: pytest.Config) -> Settings:
         capture_explicit=source["capture"] != "default",
         report=raw["report"] or None,
         gradescope=raw["gradescope"] or None,
+        gradebook=_gradebook_path(raw["gradebook"], source["gradebook"]),
+        shard=_parse_shard(raw["shard"], source["shard"]),
     )
+
+
+def _gradebook_path(value: str | None, where: str) -> str | None:
+    if not value:
+        return None
+    if not value.endswith((".csv", ".md")):
+        key = "--netlab-gradebook" if where == "command line" else "netlab_gradebook"
+        raise ConfigError(f"{value!r} must end in .csv or .md (the format follows the name)", source=where, key=key)
+    return value
+
+
+def _parse_shard(value: str | None, where: str) -> tuple[int, int] | None:
+    if not value:
+        return None
+    key = "--netlab-shard" if where == "command line" else "netlab_shard"
+    shard, _, count = value.partition("/")
+    try:
+        k, n = int(shard), int(count)
+    except ValueError:
+        raise ConfigError(f"{value!r} is not K/N (for example 2/4: the second of four shards)", source=where, key=key) from None
+    if not 1 <= k <= n:
+        raise ConfigError(f"{value!r}: K must be between 1 and N", source=where, key=key)
+    return k, n
 
 
 def _lookup(config: pytest.Config, option: Option) -> tuple[Any, str]:

@@ -95,6 +95,19 @@ def pytest_configure_node(node: Any) -> None:
         node.workerinput["netlab_seed"] = netlab.seed
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist: keep a target's shared-instance checks on one worker (unless --dist was chosen)."""
+    netlab = config.stash.get(SESSION_KEY, None)
+    if netlab is None or config.getvalue("dist") != "load":
+        return None
+    from .xdist_scheduling import TargetScheduling, user_chose_dist
+
+    if user_chose_dist(config):
+        return None
+    return TargetScheduling(config, log, netlab)
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     netlab = config.stash.get(SESSION_KEY, None)
     if netlab is None:
@@ -105,6 +118,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         f"{'strict' if settings.strict else 'SHOULD checks reported, not failed'}",
         netlab.describe_capture(),
     ]
+    if settings.shard is not None:
+        lines.append(f"netlab shard {settings.shard[0]}/{settings.shard[1]}: {len(netlab.specs)} targets")
     for spec in netlab.specs:
         what = spec.command if spec.command is not None else str(spec.address)
         count = sum(1 for p in netlab.plan if p.spec is spec)
@@ -215,6 +230,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         written.append(path)
     if settings.gradescope:
         written.extend(board.write_gradescope(str(_resolve(config, settings.gradescope))))
+    if settings.gradebook:
+        path = _resolve(config, settings.gradebook)
+        board.write_gradebook(path)
+        written.append(path)
     config.stash[WRITTEN_KEY] = written
 
 

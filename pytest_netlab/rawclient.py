@@ -24,6 +24,8 @@ from .transcript import CLIENT_TO_SERVER, SERVER_TO_CLIENT, Transcript, format_b
 __all__ = ["ScriptedClient", "ReceiveTimeout", "ClosedEarly", "ConnectFailed"]
 
 _RECV_SIZE = 65536
+# At most this many reads (4 MiB) of leftovers before an orderly close.
+_DRAIN_READS = 64
 
 
 class ReceiveTimeout(ProtocolViolation):
@@ -177,11 +179,28 @@ class ScriptedClient:
         self.transcript.record(CLIENT_TO_SERVER, "reset", note="close() with SO_LINGER 0", stream=self.stream)
 
     def close(self) -> None:
-        """Orderly close (FIN)."""
+        """Orderly close (FIN).
+
+        Closing a socket with unread bytes in its receive buffer makes the
+        kernel send RST instead of FIN, so what has arrived is read first:
+        only :meth:`reset` may reset a connection.
+        """
         if not self.closed:
+            self._drain()
             self.sock.close()
             self.closed = True
             self.transcript.record(CLIENT_TO_SERVER, "close", stream=self.stream)
+
+    def _drain(self) -> None:
+        if self.peer_closed is not None:
+            return
+        try:
+            self.sock.setblocking(False)
+            for _ in range(_DRAIN_READS):
+                if not self.sock.recv(_RECV_SIZE):
+                    break
+        except OSError:
+            pass  # nothing more to read (EAGAIN), or the connection is already gone
 
     def __enter__(self) -> "ScriptedClient":
         return self

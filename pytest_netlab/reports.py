@@ -136,6 +136,41 @@ class Scoreboard:
             written.append(path)
         return written
 
+    def write_gradebook(self, path: Path) -> None:
+        """One row per target, one column per check group (``suite/group``), then the total.
+
+        CSV cells hold the points earned (the header says the most a group
+        is worth); Markdown cells read ``earned/possible``.
+        """
+        targets = self.sorted_targets()
+        groups = sorted({r.check.rsplit("/", 1)[0] for score in targets for r in score.results})
+
+        def group_points(score: TargetScore, group: str) -> tuple[float, float]:
+            counted = [r for r in score.results if r.check.rsplit("/", 1)[0] == group and r.counts]
+            return sum(r.points_earned for r in counted), sum(r.points_possible for r in counted)
+
+        if path.suffix == ".csv":
+            import csv
+            import io
+
+            buffer = io.StringIO()
+            writer = csv.writer(buffer)
+            maxima = {g: max((group_points(s, g)[1] for s in targets), default=0.0) for g in groups}
+            writer.writerow(["target", *[f"{g} (of {maxima[g]:g})" for g in groups], "total", "max", "failed checks"])
+            for score in targets:
+                failed = " ".join(r.check for r in score.results if r.outcome in ("failed", "unmet", "xpassed"))
+                writer.writerow([score.target, *[f"{group_points(score, g)[0]:g}" for g in groups], f"{score.earned:g}", f"{score.possible:g}", failed])
+            _write(path, buffer.getvalue())
+            return
+        lines = [
+            "| target | " + " | ".join(groups) + " | total |",
+            "|---|" + "---|" * len(groups) + "---|",
+        ]
+        for score in targets:
+            cells = ["%g/%g" % group_points(score, g) for g in groups]
+            lines.append(f"| {score.target} | " + " | ".join(cells) + f" | **{score.earned:g}/{score.possible:g}** |")
+        _write(path, "\n".join(lines) + "\n")
+
     def summary_lines(self, width: int = 100) -> list[str]:
         """The terminal table: each target's score, then its failed and unmet checks."""
         lines = []

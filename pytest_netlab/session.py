@@ -34,7 +34,7 @@ from .target import TargetPool
 if TYPE_CHECKING:
     from .run_capture import RunCapture
 
-__all__ = ["PlannedCheck", "NetlabSession", "plan_checks", "points_for", "ARTIFACTS_DIR"]
+__all__ = ["PlannedCheck", "NetlabSession", "plan_checks", "points_for", "shard_targets", "ARTIFACTS_DIR"]
 
 #: Where kept pcaps and transcripts go, under the directory pytest was started in.
 ARTIFACTS_DIR = "netlab-artifacts"
@@ -68,6 +68,23 @@ def points_for(spec: TargetSpec, check: Check) -> float:
         if _glob_matches(check.id, pattern):
             return value
     return check.points
+
+
+def shard_targets(specs: list[TargetSpec], shard: int, count: int) -> list[TargetSpec]:
+    """Shard ``shard`` of ``count`` (1-based): every count-th target by name.
+
+    Sorting by name makes the split the same on every machine, whatever order
+    the shell expanded a glob in; dealing them out round-robin keeps the
+    shards within one target of each other.
+
+    Raises:
+        ConfigError: the shard would be empty.
+    """
+    ordered = sorted(specs, key=lambda spec: spec.name)
+    mine = ordered[shard - 1 :: count]
+    if not mine:
+        raise ConfigError(f"shard {shard}/{count} has no targets: there are only {len(ordered)}", source="--netlab-shard")
+    return mine
 
 
 def plan_checks(specs: list[TargetSpec], settings: Settings, suites: dict[str, Suite]) -> list[PlannedCheck]:
@@ -121,6 +138,8 @@ class NetlabSession:
             suites=self.suites,
             selected_suites=settings.suites,
         )
+        if settings.shard is not None:
+            self.specs = shard_targets(self.specs, *settings.shard)
         self.plan = plan_checks(self.specs, settings, self.suites)
         if seed is None:
             seed = settings.seed if settings.seed is not None else random.SystemRandom().randrange(1, 2**31)
