@@ -160,6 +160,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         data["outcome"] = verdict.outcome
     data["message"] = verdict.message if verdict else str(call.excinfo.value if call.excinfo else "")
     data["duration"] = report.duration
+    data["check_time"] = verdict.check_time if verdict else 0.0
     data["artifacts"] = dict(verdict.artifacts) if verdict else {}
     report.netlab = data
 

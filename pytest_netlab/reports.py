@@ -35,6 +35,7 @@ class CheckResult:
     points_possible: float
     message: str = ""
     duration: float = 0.0
+    check_time: float = 0.0
     artifacts: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -56,6 +57,7 @@ class CheckResult:
             "points_possible": self.points_possible if self.counts else 0.0,
             "message": self.message,
             "duration": round(self.duration, 4),
+            "check_time": round(self.check_time, 4),
             "artifacts": self.artifacts,
         }
 
@@ -107,9 +109,10 @@ class Scoreboard:
         self.targets.setdefault(result.target, TargetScore(result.target)).results.append(result)
 
     def sorted_targets(self) -> list[TargetScore]:
+        """Targets by name, checks by id: the same order whatever order xdist reported them in."""
         for score in self.targets.values():
             score.results.sort(key=lambda r: r.check)
-        return list(self.targets.values())
+        return [self.targets[name] for name in sorted(self.targets)]
 
     def write_json(self, path: Path, *, seed: int, settings: dict[str, Any]) -> None:
         document = {

@@ -52,6 +52,9 @@ class Verdict:
     summary: str = ""
     message: str = ""
     duration: float = 0.0
+    #: Seconds spent in the check function itself (the protocol's own waiting
+    #: included); ``duration`` minus this is the harness's overhead.
+    check_time: float = 0.0
     artifacts: dict[str, str] = field(default_factory=dict)
 
 
@@ -96,14 +99,17 @@ class CheckRunner:
         self.capture = capture
         self.capture_mode = capture_mode
         self.artifacts = artifacts or Path("netlab-artifacts")
+        self._check_seconds = 0.0
 
     def run(self, check: Check, spec: TargetSpec, suite: Suite) -> Verdict:
         """Run ``check`` against ``spec`` and return its verdict; never raises."""
         started = time.monotonic()
         begin = self.capture.mark(f"begin {check.id} [{spec.name}]") if self.capture else None
         evidence = CaptureWindow(self.capture, begin) if self.capture and begin else None
+        self._check_seconds = 0.0
         verdict = self._run(check, spec, suite, evidence)
         verdict.duration = time.monotonic() - started
+        verdict.check_time = self._check_seconds
         if evidence is not None and (verdict.outcome in _KEEP_ON_FAILURE or self.capture_mode == "always"):
             self._keep_evidence(check, spec, verdict, evidence)
         return verdict
@@ -150,7 +156,11 @@ class CheckRunner:
             try:
                 if spec.launched and not check.fresh_target and suite.role is Role.SERVER:
                     ctx.attach(self.pool.shared(spec, suite))
-                check.func(ctx)
+                called = time.monotonic()
+                try:
+                    check.func(ctx)
+                finally:
+                    self._check_seconds = time.monotonic() - called
             finally:
                 crash = _find_crash(ctx)
             if crash is not None:

@@ -23,6 +23,8 @@ FORKS = FIXTURES / "misbehaving" / "forks_children.py"
 
 
 def start_pytest(tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    """Start a pytest run whose temporary files all go to ``tmp_path / "tmp"``."""
+    (tmp_path / "tmp").mkdir()
     (tmp_path / "netlab.toml").write_text(
         f'[targets.hang]\ncommand = "{{python}} {HANGS} {{host}} {{port}}"\nsuites = ["tcp-echo"]\n'
         f'[targets.forks]\ncommand = "{{python}} {FORKS} {{host}} {{port}}"\nsuites = ["tcp-echo"]\n'
@@ -30,6 +32,7 @@ def start_pytest(tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "pytest", "--netlab-target=forks", "--netlab-target=hang", "-p", "no:cacheprovider", "--netlab-timeout-scale=20", *args],
         cwd=tmp_path,
+        env={**os.environ, "TMPDIR": str(tmp_path / "tmp")},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -48,12 +51,12 @@ def wait_until_gone(marker: str, timeout: float = 15) -> list[str]:
     return leftover_processes(marker)
 
 
-def netlab_tempdirs() -> set[str]:
-    return {p.name for p in Path(os.environ.get("TMPDIR", "/tmp")).glob("netlab-*")}
+def netlab_tempdirs(tmp_path: Path) -> set[str]:
+    """What the run left in its private temporary directory (pytest's own basetemp aside)."""
+    return {p.name for p in (tmp_path / "tmp").glob("netlab-*")}
 
 
 def test_ctrl_c_stops_every_target(tmp_path: Path, run_marker: str) -> None:
-    before = netlab_tempdirs()
     run = start_pytest(tmp_path, "--netlab-check=tcp-echo/echo/byte-exact")
     try:
         wait_for_targets(run_marker, 3)  # the forks target, its daemon, and the hanging target
@@ -63,11 +66,10 @@ def test_ctrl_c_stops_every_target(tmp_path: Path, run_marker: str) -> None:
         run.kill()
     assert b"KeyboardInterrupt" in output
     assert wait_until_gone(run_marker) == []
-    assert netlab_tempdirs() - before == set()
+    assert netlab_tempdirs(tmp_path) == set()
 
 
 def test_pytest_timeout_thread_kill_is_cleaned_up_by_the_watchdog(tmp_path: Path, run_marker: str) -> None:
-    before = netlab_tempdirs()
     # The thread method ends the process with os._exit: no teardown runs at all.
     run = start_pytest(tmp_path, "--netlab-check=tcp-echo/echo/byte-exact", "--timeout=4", "--timeout-method=thread")
     try:
@@ -77,6 +79,6 @@ def test_pytest_timeout_thread_kill_is_cleaned_up_by_the_watchdog(tmp_path: Path
     assert b"Timeout" in output
     assert wait_until_gone(run_marker) == []
     deadline = time.monotonic() + 10
-    while netlab_tempdirs() - before and time.monotonic() < deadline:
+    while netlab_tempdirs(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert netlab_tempdirs() - before == set()
+    assert netlab_tempdirs(tmp_path) == set()
