@@ -3,9 +3,10 @@
 Each ``fixtures/<suite>/netlab.toml`` declares the suite's reference (which
 must pass every check) and faulty implementations, each with one documented
 ``bug`` and the checks it must fail in ``expect_fail`` (an xfail there; an
-unexpected pass or an unexpected failure fails the run). So one pytest run per
-folder proves the suite, and the run must give the same verdicts serially and
-with ``-n 2``.
+unexpected pass or an unexpected failure fails the run, and an unexpected
+unmet SHOULD fails this test). So one pytest run per folder, with ``-n 2``,
+proves the suite; tcp-echo is also run serially to show both modes give the
+same verdicts.
 """
 
 from __future__ import annotations
@@ -29,23 +30,28 @@ def verdicts(report: Path) -> dict[tuple[str, str], str]:
     return {(t["target"], c["id"]): c["outcome"] for t in document["targets"] for c in t["checks"]}
 
 
-@pytest.mark.parametrize("folder", PROOF_DIRS, ids=[d.name for d in PROOF_DIRS])
-def test_suite_is_proven_serially_and_in_parallel(pytester: pytest.Pytester, folder: Path, run_marker: str) -> None:
-    serial = pytester.runpytest_subprocess(f"--netlab-target={folder}", "--netlab-report=serial.json", "-p", "no:cacheprovider")
-    assert serial.ret == 0, serial.stdout.str()[-6000:]
-    parallel = pytester.runpytest_subprocess(
-        f"--netlab-target={folder}", "--netlab-report=parallel.json", "-n", "2", "-p", "no:cacheprovider"
-    )
-    assert parallel.ret == 0, parallel.stdout.str()[-6000:]
-    first, second = verdicts(pytester.path / "serial.json"), verdicts(pytester.path / "parallel.json")
+def prove(pytester: pytest.Pytester, folder: Path, report: str, *extra: str) -> dict[tuple[str, str], str]:
+    """Run a proof folder; every check must pass or fail exactly as declared."""
+    result = pytester.runpytest_subprocess(f"--netlab-target={folder}", f"--netlab-report={report}", "-p", "no:cacheprovider", *extra)
+    assert result.ret == 0, result.stdout.str()[-6000:]
+    outcomes = verdicts(pytester.path / report)
     # An unmet SHOULD does not fail a run, so exactness is checked here: every
     # check either passes or is an expected failure (xfailed).
-    for run in (first, second):
-        surprises = {key: outcome for key, outcome in run.items() if outcome not in ("passed", "observed", "xfailed", "skipped")}
-        assert surprises == {}, surprises
-    assert first == second
-    reference = {check: outcome for (target, check), outcome in first.items() if target.endswith(":reference")}
+    surprises = {key: outcome for key, outcome in outcomes.items() if outcome not in ("passed", "observed", "xfailed", "skipped")}
+    assert surprises == {}, surprises
+    reference = {check: outcome for (target, check), outcome in outcomes.items() if target.endswith(":reference")}
     assert reference and set(reference.values()) <= {"passed", "observed"}, reference
+    return outcomes
+
+
+@pytest.mark.parametrize("folder", PROOF_DIRS, ids=[d.name for d in PROOF_DIRS])
+def test_suite_is_proven(pytester: pytest.Pytester, folder: Path, run_marker: str) -> None:
+    prove(pytester, folder, "proof.json", "-n", "2")
+
+
+def test_serial_and_parallel_verdicts_are_the_same(pytester: pytest.Pytester, run_marker: str) -> None:
+    folder = FIXTURES / "tcp_echo"
+    assert prove(pytester, folder, "serial.json") == prove(pytester, folder, "parallel.json", "-n", "2")
 
 
 @pytest.mark.parametrize("suite", sorted(SUITES))
