@@ -212,6 +212,18 @@ class CheckContext:
         self._clients.append(client)
         return client
 
+    def allocate_port(self) -> int:
+        """A free port for a server the check plays (a client suite's server).
+
+        It comes from the worker's port range, so the run's packet capture
+        records it, and it is added to this check's capture.
+        """
+        from .ports import PortAllocator
+
+        port = self._pool.allocate_port() if self._pool is not None else PortAllocator().allocate()
+        self.capture_port(port)
+        return port
+
     def capture_port(self, port: int) -> None:
         """Include traffic to or from ``port`` (a server the check plays) in its capture."""
         if self._capture is not None:

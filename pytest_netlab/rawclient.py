@@ -194,10 +194,13 @@ class ScriptedClient:
     def _drain(self) -> None:
         if self.peer_closed is not None:
             return
+        # On a TLS socket, read the raw socket: an SSL read at EOF would make
+        # OpenSSL send a fatal alert, and the peer's kernel an RST.
+        raw_recv = socket.socket.recv
         try:
             self.sock.setblocking(False)
             for _ in range(_DRAIN_READS):
-                if not self.sock.recv(_RECV_SIZE):
+                if not raw_recv(self.sock, _RECV_SIZE):
                     break
         except OSError:
             pass  # nothing more to read (EAGAIN), or the connection is already gone

@@ -325,6 +325,10 @@ class TargetPool:
             raise
         return instance
 
+    def allocate_port(self) -> int:
+        """A free port from this worker's range (where the run's capture looks)."""
+        return self._ports.allocate()
+
     @property
     def workroot(self) -> Path:
         """The run's temporary directory (removed by the watchdog if pytest dies)."""

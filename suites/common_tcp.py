@@ -51,17 +51,19 @@ class TcpProtocol:
         connect: ``(ctx, address, label) -> ScriptedClient`` for a protocol
             that needs more than a TCP connection before requests (a TLS
             handshake); None means ``ctx.connect``.
-        read_reply: ``(ctx, client, expected) -> None`` for a protocol whose
-            replies cannot be compared byte for byte (HTTP has a ``Date``):
-            it reads one reply from ``client`` and raises ProtocolViolation
-            if it is not the right answer; ``expected`` is the second item
-            of ``example``. None means: read exactly ``expected``.
+        read_reply: ``(ctx, client, expected, timeout) -> None`` for a
+            protocol whose replies cannot be compared byte for byte (HTTP has
+            a ``Date``): it reads one reply from ``client`` within ``timeout``
+            seconds (a protocol timeout: scale it with ``ctx.timeout``) and
+            raises ProtocolViolation if it is not the right answer;
+            ``expected`` is the second item of ``example``.
+            None means: read exactly ``expected``.
     """
 
     example: Callable[[random.Random], tuple[bytes, bytes]]
     partial_request: Callable[[random.Random], bytes]
     connect: Callable[[CheckContext, tuple[str, int], str], ScriptedClient] | None = None
-    read_reply: Callable[[CheckContext, ScriptedClient, bytes], None] | None = None
+    read_reply: Callable[[CheckContext, ScriptedClient, bytes, float], None] | None = None
 
     def open(self, ctx: CheckContext, label: str, address: tuple[str, int] | None = None) -> ScriptedClient:
         """A client ready for requests (connected, and handshaken if the protocol needs it)."""
@@ -80,7 +82,7 @@ def exchange(ctx: CheckContext, client: ScriptedClient, protocol: TcpProtocol, t
 def read_one_reply(ctx: CheckContext, client: ScriptedClient, protocol: TcpProtocol, reply: bytes, timeout: float = 5.0) -> None:
     """Read and judge one reply: the protocol's own reader, or exactly ``reply``."""
     if protocol.read_reply is not None:
-        protocol.read_reply(ctx, client, reply)
+        protocol.read_reply(ctx, client, reply, timeout)
         return
     got = client.recv_exactly(len(reply), timeout=ctx.timeout(timeout), what=f"the reply {format_bytes(reply)}")
     if got != reply:
