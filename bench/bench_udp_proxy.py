@@ -2,16 +2,18 @@
 
 Run it from the repository root (about 30 s)::
 
-    python bench/bench_udp_proxy.py [--rounds 10] [--seconds 0.3]
+    python bench/bench_udp_proxy.py [--rounds 20] [--seconds 0.2]
 
 One client keeps one datagram in flight against an echo server in its own
 process, through each relay in turn: nothing (direct loopback), a socat flow
-relay, ``LossyUDPProxy`` with no faults in its own process, the same with
-its busy-poll on, the same in the client's process (how the pytest fixture
-runs it), and a plain asyncio datagram relay. The rounds are
-interleaved so that load from other programs hits every relay alike; the
-figures printed are medians. Each round trip crosses a relay twice, so
-datagrams per second through the relay is twice the round trips.
+relay, ``LossyUDPProxy`` with no faults in its own process, the same in the
+client's process (how the pytest fixture runs it), and a plain asyncio
+datagram relay. The rounds are interleaved so that load from other programs
+hits every relay alike; the figures printed are medians, and each ratio is
+the median of the per-round ratios (robust to load that changes during the
+run). The load average is printed: on a shared machine, quote it with the
+ratios. Each round trip crosses a relay twice, so datagrams per second
+through the relay is twice the round trips.
 
 socat form: ``socat -T 10 UDP4-LISTEN:P,bind=127.0.0.1,fork,reuseaddr UDP4:127.0.0.1:Q``,
 a relay of flows: the listener forks one child per client address, and the
@@ -64,7 +66,7 @@ PROXY_PROCESS = """
 import sys
 sys.path.insert(0, {repository!r})
 from pytest_netlab.udp_proxy import LossyUDPProxy
-with LossyUDPProxy(upstream=("127.0.0.1", {upstream}), busy_poll={busy_poll}) as proxy:
+with LossyUDPProxy(upstream=("127.0.0.1", {upstream})) as proxy:
     print(proxy.address[1], flush=True)
     sys.stdin.read()
 """
@@ -178,8 +180,8 @@ def round_trips_per_second(port: int, seconds: float, timeout: float = 1.0) -> f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds per relay (default 10)")
-    parser.add_argument("--seconds", type=float, default=0.3, help="length of one measurement in seconds (default 0.3)")
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds per relay (default 20)")
+    parser.add_argument("--seconds", type=float, default=0.2, help="length of one measurement in seconds (default 0.2)")
     options = parser.parse_args()
 
     processes: list[subprocess.Popen[str]] = []
@@ -194,8 +196,7 @@ def main() -> None:
         else:
             print("socat is not installed: skipping the socat comparison")
         for name, source in [
-            ("LossyUDPProxy, own process", PROXY_PROCESS.format(repository=str(REPOSITORY), upstream=echo_port, busy_poll=0.0)),
-            ("LossyUDPProxy, busy_poll=50us", PROXY_PROCESS.format(repository=str(REPOSITORY), upstream=echo_port, busy_poll=50e-6)),
+            ("LossyUDPProxy, own process", PROXY_PROCESS.format(repository=str(REPOSITORY), upstream=echo_port)),
             ("plain asyncio relay", ASYNCIO_RELAY.format(upstream=echo_port)),
         ]:
             process, relays[name] = start_helper(source)
@@ -203,29 +204,40 @@ def main() -> None:
         in_process = LossyUDPProxy(upstream=(HOST, echo_port)).start()
         relays["LossyUDPProxy, in-process thread"] = in_process.address[1]
 
+        load_before = os.getloadavg()
         samples: dict[str, list[float]] = {name: [] for name in relays}
         for _ in range(options.rounds):
             for name, port in relays.items():
                 samples[name].append(round_trips_per_second(port, options.seconds))
-        medians = {name: statistics.median(values) for name, values in samples.items()}
+        load_after = os.getloadavg()
     finally:
         if in_process is not None:
             in_process.close()
         for process in processes:
             stop(process)
+    report(samples, options, load_before, load_after)
 
-    ours = medians["LossyUDPProxy, own process"]
+
+def ratio(samples: dict[str, list[float]], name: str, baseline: str) -> float:
+    """The median over rounds of ``name``'s rate divided by ``baseline``'s in the same round."""
+    return statistics.median(a / b for a, b in zip(samples[name], samples[baseline]))
+
+
+def report(samples: dict[str, list[float]], options: argparse.Namespace, load_before: tuple[float, ...], load_after: tuple[float, ...]) -> None:
+    cores = os.cpu_count()
     print(f"UDP echo, {len(PAYLOAD)}-byte payload, one datagram in flight; median of {options.rounds} x {options.seconds} s")
+    print(f"load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after, on {cores} cores")
     print(f"{'relay':36} {'round trips/s':>14} {'datagrams/s':>12}  spread (min..max round trips/s)")
-    for name, value in medians.items():
+    for name, values in samples.items():
+        value = statistics.median(values)
         through = "" if name == "direct loopback" else f"{2 * value:12.0f}"
-        spread = f"{min(samples[name]):.0f}..{max(samples[name]):.0f}"
-        print(f"{name:36} {value:14.0f} {through:>12}  {spread}")
-    print(f"ratio ours (own process) / direct loopback: {ours / medians['direct loopback']:.2f}")
-    if "socat flow relay" in medians:
-        print(f"ratio ours (own process) / socat:           {ours / medians['socat flow relay']:.2f}")
-        for name in ("LossyUDPProxy, in-process thread", "LossyUDPProxy, busy_poll=50us", "plain asyncio relay"):
-            print(f"ratio {name} / socat: {medians[name] / medians['socat flow relay']:.2f}")
+        print(f"{name:36} {value:14.0f} {through:>12}  {min(values):.0f}..{max(values):.0f}")
+    ours = "LossyUDPProxy, own process"
+    print(f"ratio ours (own process) / direct loopback: {ratio(samples, ours, 'direct loopback'):.2f}")
+    if "socat flow relay" in samples:
+        print(f"ratio ours (own process) / socat:           {ratio(samples, ours, 'socat flow relay'):.2f}")
+        for name in ("LossyUDPProxy, in-process thread", "plain asyncio relay"):
+            print(f"ratio {name} / socat: {ratio(samples, name, 'socat flow relay'):.2f}")
 
 
 if __name__ == "__main__":

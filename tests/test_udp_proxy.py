@@ -11,7 +11,7 @@ import pytest
 
 from pytest_netlab.transcript import CLIENT_TO_SERVER, SERVER_TO_CLIENT
 from pytest_netlab.udp_faults import Datagram, Decision, Faults, GilbertElliott, Script
-from pytest_netlab.udp_proxy import LossyUDPProxy, ProxyStats
+from pytest_netlab.udp_proxy import Address, LossyUDPProxy, ProxyStats
 
 # Generous: the machine is shared, and nothing here measures speed.
 TIMEOUT = 5.0
@@ -212,6 +212,45 @@ def test_spoof_reply_arrives_first_from_the_other_port(make_client: Callable[...
         first, second = client.recvfrom(100), client.recvfrom(100)
     assert (first[0], first[1][:2]) == (b"FAKE", proxy.other_address)
     assert (second[0], second[1][:2]) == (b"real", proxy.address)
+
+
+def test_the_spoofed_datagram_is_noted_before_the_real_reply(make_client: Callable[..., socket.socket]) -> None:
+    with LossyUDPProxy(responder=lambda request, client: b"real", script=Script.spoof_reply(0, b"FAKE", delay=0.01)) as proxy:
+        client = make_client(proxy.address)  # connected: the kernel drops the spoof
+        client.send(b"question")
+        assert client.recv(100) == b"real"
+    spoof, reply = [e for e in proxy.transcript if e.direction == SERVER_TO_CLIENT]
+    assert (spoof.kind, spoof.data, spoof.note) == ("note", b"FAKE", "spoofed, sent from the other port")
+    assert (reply.kind, reply.data) == ("data", b"real")
+    assert proxy.transcript.received(SERVER_TO_CLIENT) == b"real"
+
+
+def test_send_to_client_answers_an_earlier_client_past_the_model(make_client: Callable[..., socket.socket]) -> None:
+    seen: list[Address] = []
+    proxies: list[LossyUDPProxy] = []
+
+    def answer_the_first_client_late(request: bytes, client: Address) -> bytes | None:
+        seen.append(client)
+        if len(seen) == 2:
+            proxies[0].send_to_client(seen[0], b"late reply")
+        return None
+
+    # Every reply the model would decide is dropped: send_to_client goes around it.
+    with LossyUDPProxy(responder=answer_the_first_client_late, server_to_client=Faults(loss=1.0)) as proxy:
+        proxies.append(proxy)
+        first, second = make_client(proxy.address), make_client(proxy.address, connect=False)
+        first.send(b"request")
+        settled(proxy, lambda s: s.client_to_server.seen == 1)
+        second.sendto(b"request again", proxy.address)
+        assert first.recvfrom(100) == (b"late reply", proxy.address)
+        proxy.send_to_client(second.getsockname(), b"from the side", other_port=True)
+        assert second.recvfrom(100) == (b"from the side", proxy.other_address)
+        stats = settled(proxy, lambda s: s.server_to_client.delivered == 2)
+    assert (stats.server_to_client.seen, stats.server_to_client.dropped) == (2, 0)
+    notes = [e.note for e in proxy.transcript if e.direction == SERVER_TO_CLIENT]
+    assert notes == ["delivered (sent by the test)", "from the other port (sent by the test)"]
+    with pytest.raises(RuntimeError, match="start"):
+        LossyUDPProxy(responder=answer_the_first_client_late).send_to_client(seen[0], b"too early")
 
 
 def test_stats_add_up_and_every_datagram_is_logged(
