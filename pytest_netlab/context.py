@@ -32,7 +32,12 @@ if TYPE_CHECKING:
     from .registry import Check, Suite
     from .target import TargetInstance, TargetPool
 
-__all__ = ["CheckContext", "CaptureWindow"]
+__all__ = ["CheckContext", "CaptureWindow", "SIGNAL_EXIT_SECONDS"]
+
+#: How long a target may take to exit after SIGTERM or SIGINT. A correct
+#: server exits in milliseconds and one that ignores the signal never does;
+#: the bound only has to survive a busy machine.
+SIGNAL_EXIT_SECONDS = 5.0
 
 
 class CaptureWindow:
@@ -176,6 +181,25 @@ class CheckContext:
     def run_client(self, timeout: float = 10.0, **values: str) -> ClientRun:
         """Run the client target to completion (at most ``timeout`` seconds, scaled)."""
         return self.start_client(**values).wait(self.timeout(timeout))
+
+    def expect_exit_after_signal(self, instance: TargetInstance, sig: int, *, within: float = SIGNAL_EXIT_SECONDS, situation: str = "") -> None:
+        """Signal the target and fail unless it exits within ``within`` seconds (scaled); then stop it.
+
+        Args:
+            situation: what was going on, for the message ("a client was connected").
+        """
+        name = signal.Signals(sig).name
+        self.signal_target(instance, sig)
+        assert instance.process is not None
+        limit = self.timeout(within)
+        if instance.process.wait(limit) is None:
+            self.fail(
+                f"the target did not exit within {limit:.1f} s of {name}" + (f" ({situation})" if situation else ""),
+                expected=f"exit promptly on {name}",
+                got="still running",
+                hint="do not ignore SIGTERM/SIGINT; make worker threads daemon threads so they do not keep the process alive",
+            )
+        instance.stop()
 
     # -- talking to it ---------------------------------------------------------
 
