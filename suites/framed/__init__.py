@@ -26,6 +26,7 @@ from pytest_netlab.tcp_proxy import TCPFaultProxy, TCPFaults
 from pytest_netlab.transcript import format_bytes
 
 from ..common_tcp import TcpProtocol, add_common_checks
+from ..wire_close import expect_no_reset_after_fin
 from ..zen._bounded_search import search_for_failure
 from ._exchange import REPLY_TIMEOUT, echo_in_bulk, expect_close, expect_message
 from ._wire import END, HEADER, describe_pieces, explain_split, frame, little_endian_length, split_at
@@ -346,15 +347,18 @@ def check_zero_length_end(ctx: CheckContext) -> None:
     00 00 00 00: the server must close the connection (FIN), after echoing the
     empty message or not, and send nothing else. Then a connection whose first
     message is the zero-length one must be closed the same way."""
-    with ctx.connect(label="two-then-end") as client:
+    with ctx.connect(label="two-then-end") as first, ctx.connect(label="end-at-once") as second:
         for payload in (b"Readability counts.", ctx.random_bytes(64)):
-            client.send(frame(payload))
-            expect_message(ctx, client, payload)
-        client.send(END)
-        expect_close(ctx, client, after="after the zero-length message", allowed=(b"", END))
-    with ctx.connect(label="end-at-once") as client:
-        client.send(END)
-        expect_close(ctx, client, after="after a zero-length first message", allowed=(b"", END))
+            first.send(frame(payload))
+            expect_message(ctx, first, payload)
+        first.send(END)
+        expect_close(ctx, first, after="after the zero-length message", allowed=(b"", END))
+        second.send(END)
+        expect_close(ctx, second, after="after a zero-length first message", allowed=(b"", END))
+        # Read the wire while both clients are still open: a server that resets after
+        # its FIN has done so by now, and a close of ours cannot race with its RST.
+        ports = (first.sock.getsockname()[1], second.sock.getsockname()[1])
+        expect_no_reset_after_fin(ctx, *ports, after="after the zero-length message")
 
 
 @SUITE.check(

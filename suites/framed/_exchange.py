@@ -22,6 +22,7 @@ from pytest_netlab.errors import ProtocolViolation
 from pytest_netlab.rawclient import ClosedEarly, ReceiveTimeout, ScriptedClient
 from pytest_netlab.transcript import format_bytes
 
+from ..wire_close import evidence_note
 from ._wire import HEADER, explain_wrong_length, first_difference, frame, little_endian_length, parse_frames
 
 __all__ = ["expect_message", "expect_close", "echo_in_bulk", "silence_hint", "REPLY_TIMEOUT"]
@@ -127,7 +128,7 @@ def expect_close(ctx: CheckContext, client: ScriptedClient, *, after: str, allow
         raise ProtocolViolation(
             f"the target reset the connection (RST) {after}",
             expected="an orderly close (FIN)",
-            got="RST",
+            got="RST" + evidence_note(ctx),
             hint="close() after reading what the client sent; SO_LINGER 0 or unread data turns the close into an RST",
         )
 

@@ -30,6 +30,7 @@ from pytest_netlab.tcp_proxy import TCPFaultProxy, TCPFaults
 from pytest_netlab.transcript import format_bytes
 
 from ..common_tcp import TcpProtocol, add_common_checks
+from ..wire_close import evidence_note, expect_no_reset_after_fin
 from ._bounded_search import search_for_failure
 from ._conversation import ANSWER_TIMEOUT, ask, finish, sent_after_answer
 from ._protocol import APHORISMS, UNKNOWN_QUESTIONS, answer_to, describe_pieces, describe_pipelined_reply, split_at
@@ -195,6 +196,7 @@ def check_half_close_after_question(ctx: CheckContext) -> None:
     as "drop the connection" before reading what came with it loses the question."""
     question = ctx.rng.choice(sorted(APHORISMS))
     client = ctx.connect(label="question-with-fin")
+    client_port = client.sock.getsockname()[1]
     # Corked, the question waits in the kernel until shutdown() sends it with the
     # FIN (Linux); without TCP_CORK the FIN follows the question a moment later.
     cork = getattr(socket, "TCP_CORK", None)
@@ -228,9 +230,10 @@ def check_half_close_after_question(ctx: CheckContext) -> None:
         how == "eof",
         "the target answered, then reset the connection (RST) instead of closing it",
         expected="EOF (FIN) after the answer",
-        got="RST",
+        got="RST" + evidence_note(ctx),
         hint="close() after reading until b''; SO_LINGER 0 or unread data turns the close into an RST",
     )
+    expect_no_reset_after_fin(ctx, client_port, after="after the answer")
 
 
 # -- framing -----------------------------------------------------------------------
