@@ -151,6 +151,17 @@ class CappedLog:
             finally:
                 self._waiters.remove(waiter)
 
+    def wait_eof(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the pipe's end (every writer gone, all of it read)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._eof:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
     def close(self, drain_timeout: float = 1.0) -> None:
         """Let the thread read to EOF for up to ``drain_timeout``, then stop it and join it.
 

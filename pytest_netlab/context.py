@@ -13,6 +13,7 @@ script.
 
 from __future__ import annotations
 
+import functools
 import random
 import shutil
 import signal
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Callable, NoReturn
 
 from .errors import NotApplicable, ProtocolViolation
 from .rawclient import ScriptedClient
+from .stall import StallWatch, ignores_signal, process_tree
 from .transcript import Transcript
 
 if TYPE_CHECKING:
@@ -32,12 +34,17 @@ if TYPE_CHECKING:
     from .registry import Check, Suite
     from .target import TargetInstance, TargetPool
 
-__all__ = ["CheckContext", "CaptureWindow", "SIGNAL_EXIT_SECONDS"]
+__all__ = ["CheckContext", "CaptureWindow", "SIGNAL_EXIT_SECONDS", "STALL_QUIET_SECONDS"]
 
 #: How long a target may take to exit after SIGTERM or SIGINT. A correct
 #: server exits in milliseconds and one that ignores the signal never does;
 #: the bound only has to survive a busy machine.
 SIGNAL_EXIT_SECONDS = 5.0
+# How long (before scaling) every thread of a launched target must sleep,
+# unscheduled, with nothing in flight, before a read gives up on a reply (stall.py).
+# Reference servers answer within milliseconds; a book-style server that polls on
+# a timer keeps running and is never called stalled.
+STALL_QUIET_SECONDS = 0.25
 
 
 class CaptureWindow:
@@ -189,14 +196,18 @@ class CheckContext:
             situation: what was going on, for the message ("a client was connected").
         """
         name = signal.Signals(sig).name
+        process = instance.process
+        assert process is not None
+        # SIG_IGN is certain at once: the signal is discarded, nothing will end the wait.
+        ignored = ignores_signal(process.pid, sig)
         self.signal_target(instance, sig)
-        assert instance.process is not None
         limit = self.timeout(within)
-        if instance.process.wait(limit) is None:
+        if ignored or process.wait(limit) is None:
             self.fail(
-                f"the target did not exit within {limit:.1f} s of {name}" + (f" ({situation})" if situation else ""),
+                (f"the target ignores {name} (SIG_IGN)" if ignored else f"the target did not exit within {limit:.1f} s of {name}")
+                + (f" ({situation})" if situation else ""),
                 expected=f"exit promptly on {name}",
-                got="still running",
+                got=f"still running, with {name} set to SIG_IGN" if ignored else "still running",
                 hint="do not ignore SIGTERM/SIGINT; make worker threads daemon threads so they do not keep the process alive",
             )
         instance.stop()
@@ -234,7 +245,21 @@ class CheckContext:
             source_host=source_host,
         )
         self._clients.append(client)
+        client.stall_watch = self._stall_watch(address or self.address, client)
         return client
+
+    def _stall_watch(self, address: tuple[str, int], client: ScriptedClient) -> StallWatch | None:
+        """A watch on the launched instance at ``address`` (not a proxy in front of it, whose delays it cannot see)."""
+        for instance in self.instances():
+            process = instance.process
+            if instance.address == address and process is not None and process.running:
+                return StallWatch(
+                    functools.partial(process_tree, process.pid, process.cgroup),
+                    server_port=address[1],
+                    client_port=client.sock.getsockname()[1],
+                    quiet=self.timeout(STALL_QUIET_SECONDS),
+                )
+        return None
 
     def allocate_port(self) -> int:
         """A free port for a server the check plays (a client suite's server).

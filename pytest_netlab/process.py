@@ -55,6 +55,7 @@ from ._process_tree import (
     signal_pids,
 )
 from ._reaper import Reaper
+from .stall import ignores_signal
 
 __all__ = [
     "MARKER_VARIABLE",
@@ -75,6 +76,8 @@ _log = logging.getLogger(__name__)
 # these bounds only keep terminate() from hanging on such a one.
 _KILL_TIMEOUT = 2.0
 _REAP_TIMEOUT = 2.0
+# How long wait() gives the output readers to reach the end of the pipes once the process exited.
+_LAST_WORDS = 0.25
 _INHERITED_VARIABLES = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM")
 _SIGNAL_HINTS: dict[int, str] = {
     signal.SIGXCPU: "CPU time limit exceeded",
@@ -302,8 +305,14 @@ class ManagedProcess:
         while True:
             status = self.poll()
             remaining = deadline - time.monotonic()
-            if status is not None or remaining <= 0:
+            if status is not None:
+                # Its last words may still be in the pipes: let the readers catch up
+                # (briefly: a child it left behind may hold the pipes open).
+                self.stdout.wait_eof(_LAST_WORDS)
+                self.stderr.wait_eof(_LAST_WORDS)
                 return status
+            if remaining <= 0:
+                return None
             if self._pidfd is not None:
                 poller = select.poll()  # not select(): the fd may be above FD_SETSIZE
                 poller.register(self._pidfd, select.POLLIN)  # readable once it exited
@@ -337,7 +346,8 @@ class ManagedProcess:
 
         SIGTERM goes to the process group and the session; after ``grace``
         seconds without the main process exiting, SIGKILL (``grace <= 0``
-        skips SIGTERM: killed at once, as ``kill -9`` would). Then SIGKILL for
+        skips SIGTERM: killed at once, as ``kill -9`` would; a main process
+        that set SIGTERM to SIG_IGN is killed without waiting). Then SIGKILL for
         everything left: the group, the session, every process carrying this
         marker (children that called setsid() or double-forked) and the
         cgroup's members. Reaps, closes the pipes, joins the reader threads,
@@ -348,13 +358,17 @@ class ManagedProcess:
                 return self._final
             try:
                 escalated = False
+                waited: float | None = grace
                 if self._peek_returncode() is None and grace > 0:
+                    # A main process that set SIGTERM to SIG_IGN will not exit on it: no point waiting.
+                    ignored = ignores_signal(self.pid, signal.SIGTERM)
                     self._signal_group_and_session(signal.SIGTERM)
-                    escalated = self.wait(grace) is None
+                    escalated = ignored or self.wait(grace) is None
+                    waited = None if ignored else grace
                 _, survivors = kill_until_gone(self._members, timeout=_KILL_TIMEOUT, also=self._kill_group)
                 if survivors:
                     _log.warning("pids %s of %s would not die after SIGKILL", sorted(survivors), self.argv[0])
-                self._final = ExitStatus(self._reap(), escalated, grace if escalated else None)
+                self._final = ExitStatus(self._reap(), escalated, waited if escalated else None)
             finally:
                 self._release()
             return self._final

@@ -19,6 +19,7 @@ import time
 from typing import Callable, Iterable
 
 from .errors import ProtocolViolation
+from .stall import StallWatch
 from .transcript import CLIENT_TO_SERVER, SERVER_TO_CLIENT, Transcript, format_bytes
 
 __all__ = ["ScriptedClient", "ReceiveTimeout", "ClosedEarly", "ConnectFailed"]
@@ -26,6 +27,8 @@ __all__ = ["ScriptedClient", "ReceiveTimeout", "ClosedEarly", "ConnectFailed"]
 _RECV_SIZE = 65536
 # At most this many reads (4 MiB) of leftovers before an orderly close.
 _DRAIN_READS = 64
+# With a stall watch, a read wakes this often (seconds) to ask it whether the target has stalled.
+_STALL_POLL = 0.05
 
 
 class ReceiveTimeout(ProtocolViolation):
@@ -73,6 +76,10 @@ class ScriptedClient:
         self.timeout = timeout
         self.closed = False
         self.peer_closed: str | None = None  # "eof" or "reset" once seen
+        # Set by whoever knows the target's processes (CheckContext.connect): a
+        # read then ends as soon as the target provably will not send anything.
+        self.stall_watch: StallWatch | None = None
+        self.stalled: str | None = None  # why the last read gave up early
         # Bytes received but not yet returned: a read that needed 4 bytes of a
         # 10-byte segment leaves 6 here for the next read.
         self._pending = bytearray()
@@ -144,6 +151,7 @@ class ScriptedClient:
                 got="RST",
             ) from None
         self.transcript.record(CLIENT_TO_SERVER, "data", data, stream=self.stream)
+        self._woke_target()
 
     def send_chunks(self, data: bytes, *, size: int | None = None, sizes: Iterable[int] | None = None, pause: float = 0.0) -> None:
         """Send ``data`` in pieces: every ``size`` bytes, or at the given ``sizes``, pausing between."""
@@ -168,6 +176,12 @@ class ScriptedClient:
         except OSError:
             pass  # already reset by the peer; the next read says so
         self.transcript.record(CLIENT_TO_SERVER, "eof", note="shutdown(SHUT_WR)", stream=self.stream)
+        self._woke_target()
+
+    def _woke_target(self) -> None:
+        # What we just sent may wake the target: its quiet period starts now.
+        if self.stall_watch is not None:
+            self.stall_watch.restart()
 
     def reset(self) -> None:
         """Abortive close: SO_LINGER 0 makes close() send RST instead of FIN."""
@@ -219,18 +233,30 @@ class ScriptedClient:
             self.transcript.record(SERVER_TO_CLIENT, "reset", stream=self.stream)
 
     def _recv_once(self, deadline: float, limit: int = _RECV_SIZE) -> bytes | None:
-        """One recv: bytes, b"" at EOF, None at the deadline. RST raises ConnectionResetError."""
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return None
-        self.sock.settimeout(remaining)
-        try:
-            data = self.sock.recv(limit)
-        except TimeoutError:
-            return None
-        except ConnectionResetError:
-            self._note_reset()
-            raise
+        """One recv: bytes, b"" at EOF, None at the deadline or a stall (``self.stalled`` says why).
+
+        RST raises ConnectionResetError.
+        """
+        self.stalled = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            watch = self.stall_watch
+            self.sock.settimeout(remaining if watch is None else min(remaining, _STALL_POLL))
+            try:
+                data = self.sock.recv(limit)
+                break
+            except TimeoutError:
+                if watch is not None:
+                    self.stalled = watch.check()
+                    if self.stalled is None:
+                        continue
+                    self.transcript.record(SERVER_TO_CLIENT, "timeout", note=f"gave up early: {self.stalled}", stream=self.stream)
+                return None
+            except ConnectionResetError:
+                self._note_reset()
+                raise
         if data:
             self.transcript.record(SERVER_TO_CLIENT, "data", data, stream=self.stream)
         elif self.peer_closed is None:
@@ -250,6 +276,8 @@ class ScriptedClient:
         except ConnectionResetError:
             raise ClosedEarly("the target reset the connection", how="reset", expected="data or an orderly close", got="RST") from None
         if data is None:
+            if self.stalled:
+                raise ReceiveTimeout("the target went idle and sent nothing", expected="a reply", got=f"nothing: {self.stalled}")
             raise ReceiveTimeout(f"the target sent nothing within {wait:.1f} s", expected="a reply", got="nothing")
         return data
 
@@ -278,6 +306,12 @@ class ScriptedClient:
                     got=f"{_describe_got(bytes(buffer))}, then RST",
                 ) from None
             if data is None:
+                if self.stalled:
+                    raise ReceiveTimeout(
+                        f"the target went idle without sending {what}",
+                        expected=f"{what} within {wait:.1f} s",
+                        got=f"{_describe_got(bytes(buffer))}, then silence: {self.stalled}",
+                    )
                 raise ReceiveTimeout(
                     f"timed out after {wait:.1f} s waiting for {what}",
                     expected=f"{what} within {wait:.1f} s",
@@ -323,9 +357,11 @@ class ScriptedClient:
                 return bytes(buffer), "reset"
             if data is None:
                 raise ReceiveTimeout(
-                    f"the target did not close the connection within {wait:.1f} s",
+                    "the target went idle without closing the connection"
+                    if self.stalled
+                    else f"the target did not close the connection within {wait:.1f} s",
                     expected=f"the target closes the connection within {wait:.1f} s",
-                    got=f"{_describe_got(bytes(buffer))}, and the connection still open",
+                    got=f"{_describe_got(bytes(buffer))}, and the connection still open" + (f": {self.stalled}" if self.stalled else ""),
                 )
             if not data:
                 return bytes(buffer), "eof"

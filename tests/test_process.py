@@ -344,9 +344,32 @@ def test_flooding_target_is_terminated_mid_flood(launch: Launcher) -> None:
     assert len(process.describe()) < 15 * 210 * 2 + 500
 
 
-def test_target_ignoring_sigterm_is_killed_after_the_grace_period(launch: Launcher) -> None:
+def test_target_ignoring_sigterm_is_killed_without_waiting(launch: Launcher) -> None:
     process = launch(misbehaving("ignores_sigterm.py"))
     assert echo_once(wait_listening(process)) == b"hello"
+
+    started = time.monotonic()
+    status = process.terminate(grace=30.0)
+
+    # SIG_IGN is visible in /proc: waiting out the grace period would change nothing.
+    assert time.monotonic() - started < 20.0
+    assert status == ExitStatus(-signal.SIGKILL, escalated=True, grace=None)
+    assert status.describe() == "killed by signal 9 (SIGKILL) after ignoring SIGTERM"
+    assert not alive(process.pid)
+
+
+def test_target_with_a_sigterm_handler_that_stays_is_killed_after_the_grace_period(launch: Launcher) -> None:
+    process = launch(
+        python(
+            """
+            import signal, time
+            signal.signal(signal.SIGTERM, lambda *_: print("caught", flush=True))
+            print("ready", flush=True)
+            time.sleep(60)
+            """
+        )
+    )
+    assert process.stdout.wait_for(re.compile("ready"), 30, lambda: process.running)
 
     status = process.terminate(grace=0.5)
 

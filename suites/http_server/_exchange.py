@@ -198,10 +198,11 @@ class HttpExchange:
                     hint="read the whole request (up to the empty line) before answering, and answer every request",
                 )
             if not self._receive(deadline):
+                stalled = self.client.stalled
                 raise ProtocolViolation(
-                    f"timed out after {wait:.1f} s waiting for {what}",
+                    f"the server went idle without sending {what}" if stalled else f"timed out after {wait:.1f} s waiting for {what}",
                     expected=f"{what} within {wait:.1f} s (after: {self.sent[-1] if self.sent else 'the request'})",
-                    got=f"still waiting for {self.reader.progress()}",
+                    got=f"still waiting for {self.reader.progress()}" + (f": {stalled}" if stalled else ""),
                     hint="a request ends at the empty line (\\r\\n\\r\\n); answer then, even if more bytes may follow",
                 )
 

@@ -1,0 +1,194 @@
+"""Whether a launched target can still answer: its threads' scheduling and its connection's queues.
+
+A check waiting for a reply should end on an event: the bytes, a close, or
+proof that no reply will come. That proof is a *stall*: every thread of
+the target's processes has slept, without being scheduled once, for a quiet
+period, and nothing the target sent is still on its way (its send queue for
+the check's connection is empty). Only new input or a timer can wake such a
+process; a check that waits sends no new input, and a server owes its
+answer to a complete request without waiting for a timer. So a hung server
+fails in a fraction of a second instead of a full protocol timeout, and the
+message says why (``hung`` targets cost about as much as passing ones).
+
+What counts as activity: a change in any thread's count of times it ran
+(``/proc/PID/task/TID/schedstat``, exact, unlike the CPU tick counters), a
+thread that is runnable or in uninterruptible sleep, a new or vanished
+thread. A server that polls on a short timer keeps running and is never
+called stalled: waits fall back to their timeouts.
+
+Linux only (``/proc``); elsewhere :meth:`StallWatch.check` never reports a
+stall. This module only reads ``/proc``: it must not signal, wait or sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+__all__ = ["ConnectionQueues", "StallWatch", "connection_queues", "ignores_signal", "process_tree", "thread_activity"]
+
+_PROC = Path("/proc")
+
+# A thread's scheduling fingerprint: (pid, tid) -> times it ran; None while any thread is awake.
+Activity = dict[tuple[int, int], int]
+
+
+def process_tree(root: int, cgroup: Path | None = None) -> list[int]:
+    """The live processes of a target: its pids cgroup's members, else ``root`` and its descendants.
+
+    The descendants come from ``/proc/PID/task/TID/children`` (a process
+    that daemonised away from ``root`` is not followed, and not needed: it is
+    no longer the target's).
+    """
+    if cgroup is not None:
+        try:
+            return [int(line) for line in (cgroup / "cgroup.procs").read_text().split()]
+        except (OSError, ValueError):
+            pass
+    found: list[int] = []
+    stack = [root]
+    while stack and len(found) < 4096:  # bounded: a fork bomb is the pids limit's business
+        pid = stack.pop()
+        found.append(pid)
+        try:
+            tasks = os.listdir(_PROC / str(pid) / "task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                stack.extend(int(child) for child in (_PROC / str(pid) / "task" / tid / "children").read_text().split())
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+def thread_activity(pids: Iterable[int]) -> Activity | None:
+    """How many times each thread of ``pids`` has run, or None if one of them is awake (running or in I/O).
+
+    Threads that vanish while being read are left out: the next reading
+    differs from this one, which is what matters.
+    """
+    activity: Activity = {}
+    for pid in pids:
+        task_dir = _PROC / str(pid) / "task"
+        try:
+            tids = os.listdir(task_dir)
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                stat = (task_dir / tid / "stat").read_bytes()
+                schedstat = (task_dir / tid / "schedstat").read_bytes()
+            except OSError:
+                continue
+            state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+            if state in (b"R", b"D"):
+                return None
+            try:
+                activity[(pid, int(tid))] = int(schedstat.split()[2])
+            except (IndexError, ValueError):
+                return None  # an unexpected format: never claim a stall from it
+    return activity
+
+
+@dataclass(frozen=True)
+class ConnectionQueues:
+    """The target's side of one TCP connection: bytes it has not sent yet, bytes it has not read."""
+
+    unsent: int
+    unread: int
+
+
+def connection_queues(server_port: int, client_port: int) -> ConnectionQueues | None:
+    """The queues of the target's socket for the connection between the two ports, from ``/proc/net/tcp{,6}``.
+
+    None when the socket is not found (closed, or another network namespace).
+    """
+    local, remote = f":{server_port:04X} ", f":{client_port:04X} "
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = (_PROC / "net" / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # sl local_address rem_address st tx_queue:rx_queue ...
+            if len(fields) > 4 and (fields[1] + " ").endswith(local) and (fields[2] + " ").endswith(remote):
+                unsent, unread = (int(value, 16) for value in fields[4].split(":"))
+                return ConnectionQueues(unsent, unread)
+    return None
+
+
+def ignores_signal(pid: int, signum: int) -> bool:
+    """True when process ``pid`` has set ``signum`` to SIG_IGN (its ``SigIgn`` mask in ``/proc/PID/status``)."""
+    try:
+        for line in (_PROC / str(pid) / "status").read_text().splitlines():
+            if line.startswith("SigIgn:"):
+                return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+class StallWatch:
+    """Tells, each time it is asked, whether the target has stalled on one connection.
+
+    Example::
+
+        watch = StallWatch(lambda: process_tree(pid), server_port=8000, client_port=51234, quiet=0.3)
+        while waiting:
+            why = watch.check()   # None, or why no reply will come
+            if why: give up, and say why
+
+    Args:
+        pids: the target's processes, asked on every check (a server may fork).
+        server_port, client_port: the connection the check waits on.
+        quiet: seconds every thread must sleep, unscheduled, before a stall is called.
+        clock: for tests.
+    """
+
+    def __init__(
+        self,
+        pids: Callable[[], list[int]],
+        *,
+        server_port: int,
+        client_port: int,
+        quiet: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._pids = pids
+        self._server_port = server_port
+        self._client_port = client_port
+        self._quiet = quiet
+        self._clock = clock
+        self._last: Activity | None = None
+        self._since = clock()
+
+    def restart(self) -> None:
+        """Forget what was seen: the check has just sent something, which may wake the target."""
+        self._last = None
+        self._since = self._clock()
+
+    def check(self) -> str | None:
+        """None while the target may still answer; else a sentence saying why it will not."""
+        now = self._clock()
+        pids = self._pids()
+        activity = thread_activity(pids) if pids else None
+        if activity is None or activity != self._last:
+            self._last, self._since = activity, now
+            return None
+        if now - self._since < self._quiet:
+            return None
+        queues = connection_queues(self._server_port, self._client_port)
+        if queues is None or queues.unsent:
+            self._since = now  # bytes on their way, or no socket to judge by: not a stall
+            return None
+        threads = len(activity)
+        unread = f"{queues.unread} bytes of ours unread in its receive queue" if queues.unread else "everything we sent read"
+        return (
+            f"the target's {threads} thread{'s' if threads != 1 else ''} slept {now - self._since:.1f} s without running once, "
+            f"with {unread} and nothing in its send queue: no reply is coming"
+        )

@@ -1,0 +1,141 @@
+"""The stall watch (pytest_netlab/stall.py) against real processes: hung, reading, polling, sending."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from typing import Iterator
+
+import pytest
+
+from pytest_netlab.stall import StallWatch, connection_queues, ignores_signal, process_tree, thread_activity
+
+# A server that prints its port, accepts one client, then does what BEHAVIOUR says.
+SERVER = """
+import socket, sys, time, threading
+listener = socket.create_server(("127.0.0.1", 0))
+print(listener.getsockname()[1], flush=True)
+conn, _ = listener.accept()
+{behaviour}
+"""
+NEVER_READS = "time.sleep(60)"
+READS_THEN_SLEEPS = "conn.recv(100); time.sleep(60)"
+POLLS = "conn.setblocking(False)\nwhile True:\n    time.sleep(0.02)"
+FLOODS_THEN_SLEEPS = "conn.setblocking(False)\ntry:\n    while True: conn.send(b'x' * 65536)\nexcept BlockingIOError:\n    pass\ntime.sleep(60)"
+WITH_A_CHILD = "import subprocess; child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); print(child.pid, flush=True); time.sleep(60)"
+
+
+@pytest.fixture
+def serve() -> Iterator:
+    started: list[subprocess.Popen[str]] = []
+
+    def start(behaviour: str) -> tuple[subprocess.Popen[str], socket.socket]:
+        source = textwrap.dedent(SERVER).format(behaviour=behaviour)
+        process = subprocess.Popen([sys.executable, "-c", source], stdout=subprocess.PIPE, text=True)
+        started.append(process)
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        client = socket.create_connection(("127.0.0.1", port), timeout=10)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        return process, client
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def watch_on(process: subprocess.Popen[str], client: socket.socket, quiet: float = 0.2) -> StallWatch:
+    server_port, client_port = client.getpeername()[1], client.getsockname()[1]
+    return StallWatch(lambda: process_tree(process.pid), server_port=server_port, client_port=client_port, quiet=quiet)
+
+
+def first_stall(watch: StallWatch, within: float) -> tuple[str | None, float]:
+    """Ask the watch every 20 ms until it reports a stall or ``within`` seconds pass."""
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        why = watch.check()
+        if why:
+            return why, time.monotonic() - started
+        time.sleep(0.02)
+    return None, within
+
+
+def test_a_server_that_never_reads_is_stalled_with_our_bytes_unread(serve) -> None:
+    process, client = serve(NEVER_READS)
+    client.sendall(b"x" * 53)
+    why, after = first_stall(watch_on(process, client), within=10)
+    assert why is not None and "53 bytes of ours unread in its receive queue" in why and "no reply is coming" in why
+    assert after >= 0.2
+
+
+def test_a_server_that_read_and_sleeps_is_stalled_with_everything_read(serve) -> None:
+    process, client = serve(READS_THEN_SLEEPS)
+    client.sendall(b"question?")
+    why, _ = first_stall(watch_on(process, client), within=10)
+    assert why is not None and "everything we sent read" in why
+
+
+def test_a_server_polling_on_a_timer_is_never_stalled(serve) -> None:
+    process, client = serve(POLLS)
+    client.sendall(b"question?")
+    why, _ = first_stall(watch_on(process, client), within=1.5)
+    assert why is None
+
+
+def test_bytes_in_the_servers_send_queue_are_not_a_stall(serve) -> None:
+    # The client does not read: the server's send queue stays full while it sleeps.
+    process, client = serve(FLOODS_THEN_SLEEPS)
+    deadline = time.monotonic() + 10
+    server_port, client_port = client.getpeername()[1], client.getsockname()[1]
+    while (queues := connection_queues(server_port, client_port)) is None or not queues.unsent:
+        assert time.monotonic() < deadline, "the server never filled its send queue"
+        time.sleep(0.02)
+    why, _ = first_stall(watch_on(process, client), within=1.0)
+    assert why is None
+
+
+def test_what_the_client_sends_restarts_the_quiet_period(serve) -> None:
+    process, client = serve(NEVER_READS)
+    watch = watch_on(process, client, quiet=0.3)
+    why, _ = first_stall(watch, within=10)
+    assert why is not None
+    watch.restart()
+    assert watch.check() is None  # a fresh quiet period starts with what we just sent
+
+
+def test_the_tree_holds_children_and_a_busy_process_is_awake(serve) -> None:
+    process, _ = serve(WITH_A_CHILD)
+    assert process.stdout is not None
+    child = int(process.stdout.readline())
+    assert set(process_tree(process.pid)) == {process.pid, child}
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)
+        assert thread_activity([busy.pid]) is None  # running (or runnable): never a stall
+    finally:
+        busy.kill()
+        busy.wait(timeout=10)
+
+
+def test_sig_ign_is_read_from_proc() -> None:
+    source = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    process = subprocess.Popen([sys.executable, "-c", source], stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        assert ignores_signal(process.pid, signal.SIGTERM)
+        assert not ignores_signal(process.pid, signal.SIGINT)  # Python catches SIGINT, it does not ignore it
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def test_unknown_connection_has_no_queues() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        unused = probe.getsockname()[1]
+    assert connection_queues(unused, unused) is None
