@@ -18,17 +18,19 @@ import random
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NoReturn
 
 from .errors import NotApplicable, ProtocolViolation
 from .rawclient import ScriptedClient
-from .stall import StallWatch, ignores_signal, process_tree
+from .stall import StallWatch, ignores_signal, process_tree, thread_activity
 from .transcript import Transcript
 
 if TYPE_CHECKING:
     from .client_target import ClientRun, RunningClient
     from .packets import Packet
+    from .process import ManagedProcess
     from .run_capture import RunCapture
     from .declarations import TargetSpec
     from .registry import Check, Suite
@@ -200,6 +202,7 @@ class CheckContext:
         assert process is not None
         # SIG_IGN is certain at once: the signal is discarded, nothing will end the wait.
         ignored = ignores_signal(process.pid, sig)
+        self._wait_until_asleep(process)
         self.signal_target(instance, sig)
         limit = self.timeout(within)
         if ignored or process.wait(limit) is None:
@@ -211,6 +214,26 @@ class CheckContext:
                 hint="do not ignore SIGTERM/SIGINT; make worker threads daemon threads so they do not keep the process alive",
             )
         instance.stop()
+
+    @staticmethod
+    def _wait_until_asleep(process: ManagedProcess, limit: float = 1.0) -> None:
+        """Wait (at most ``limit`` s) until every thread of the target sleeps in a system call.
+
+        A signal that lands while a Python server's main thread is between two
+        blocking calls runs the C handler at once, but the Python handler (the
+        KeyboardInterrupt) only after the next call returns: a threaded server
+        then sits in accept() and ignores the SIGINT (about 1 run in 100 on a
+        busy machine). Asleep, the call is interrupted and the handler runs.
+        """
+        tree = functools.partial(process_tree, process.pid, process.cgroup)
+        deadline = time.monotonic() + limit
+        last = None
+        while time.monotonic() < deadline:
+            activity = thread_activity(tree())
+            if activity is not None and activity == last:
+                return
+            last = activity
+            time.sleep(0.01)
 
     # -- talking to it ---------------------------------------------------------
 
