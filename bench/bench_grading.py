@@ -12,7 +12,8 @@ or flood their output), grades it serially and with ``-n 2``, and prints:
 - the harness overhead per target launch: starting the reference through
   pytest-netlab (session, limits, capped logs, ready probe) against a bare
   ``subprocess.Popen`` plus a connect loop, interleaved, median;
-- how long a target that fails every check takes compared to one that passes.
+- how long a target that fails every check takes compared to one that passes;
+- the wall time of every bundled suite against its reference with ``-n 2``.
 
     python bench/bench_grading.py [--students 50] [--checks GLOB]
 
@@ -85,6 +86,21 @@ def grade(workdir: Path, name: str, *extra: str) -> tuple[float, Path, Path]:
     return elapsed, gradebook, report
 
 
+def reference_suite_times(workdir: Path) -> dict[str, float]:
+    """Wall seconds of ``pytest --netlab-target=reference:SUITE -n 2`` for every bundled suite."""
+    from pytest_netlab.registry import all_suites
+
+    times: dict[str, float] = {}
+    for suite in all_suites():
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--netlab-target=reference:{suite}", "-n", "2"]
+        started = time.perf_counter()
+        result = subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=600)
+        times[suite] = time.perf_counter() - started
+        if result.returncode != 0:
+            raise SystemExit(f"reference:{suite} did not pass:\n{result.stdout[-3000:]}")
+    return times
+
+
 def launch_overhead(rounds: int) -> tuple[float, float]:
     """Median seconds to a connectable server: through pytest-netlab, and bare."""
     from pytest_netlab.declarations import TargetSpec
@@ -151,6 +167,7 @@ def main() -> None:
         for target, seconds in per_target.items():
             by_program.setdefault(program_of.get(target, "?"), []).append(seconds)
         ours, bare = launch_overhead(args.launches)
+        suite_times = reference_suite_times(workdir)
         print(f"{args.students} submissions x {len(checks) // max(len(per_target), 1)} tcp-echo checks ({len(checks)} checks)")
         print(f"  serial         {serial_time:7.1f} s")
         print(f"  -n 2           {parallel_time:7.1f} s   speed-up {serial_time / parallel_time:.2f}x")
@@ -162,6 +179,9 @@ def main() -> None:
         for program, seconds in sorted(by_program.items(), key=lambda item: statistics.median(item[1])):
             median = statistics.median(seconds)
             print(f"    {program:<22} {median:6.2f} s   {median / reference:5.2f}x the reference")
+        print("  every bundled suite against its reference, -n 2 (wall time, pytest start included):")
+        for suite, seconds in suite_times.items():
+            print(f"    {suite:<12} {seconds:6.1f} s")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

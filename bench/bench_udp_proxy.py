@@ -17,9 +17,11 @@ through the relay is twice the round trips.
 
 socat form: ``socat -T 10 UDP4-LISTEN:P,bind=127.0.0.1,fork,reuseaddr UDP4:127.0.0.1:Q``,
 a relay of flows: the listener forks one child per client address, and the
-child keeps a connected socket each way. ``UDP4-RECVFROM:P,fork
-UDP4-SENDTO:...`` forks a process *per datagram* and manages about 1k round
-trips per second, so it would flatter us.
+child keeps a connected socket each way. ``LossyUDPProxy`` serves a flow the
+same way (a socket on the listener's address connected to the client, one
+connected to the server), with a thread per socket instead of a process per
+flow. ``UDP4-RECVFROM:P,fork UDP4-SENDTO:...`` forks a process *per
+datagram* and manages about 1k round trips per second, so it would flatter us.
 """
 
 from __future__ import annotations

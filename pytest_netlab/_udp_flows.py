@@ -1,12 +1,13 @@
-"""Bookkeeping of the lossy UDP proxy: flows, datagrams on their way out, their schedule, the log.
+"""Bookkeeping of the lossy UDP proxy: flows, datagrams on their way out, their schedule, the counters.
 
 This module owns what the proxy remembers between datagrams: one
-:class:`Flow` per client address, the copies of a datagram that wait to go
-out (delayed ones by due time, reordered ones until a later datagram of the
-same flow overtakes them), and the :class:`ProxyLog` of every datagram with
-its decision and the per-direction :class:`DirectionStats`. It must not
-touch sockets, read a clock or take locks: the proxy's threads pass the time
-in, hold the proxy's lock, and do the sending.
+:class:`Flow` per client address with its sockets, the copies of a datagram
+that wait to go out (delayed ones by due time, reordered ones until a later
+datagram of the same flow overtakes them), and the shape of the
+per-direction :class:`DirectionStats` (the log that keeps them is
+:mod:`pytest_netlab._udp_log`). It must not use sockets, read a clock or take
+locks: the proxy's threads pass the time in, hold the proxy's lock, and do
+the sending.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ from __future__ import annotations
 import heapq
 import itertools
 import socket
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Union
 
-from pytest_netlab.transcript import CLIENT_TO_SERVER, SERVER_TO_CLIENT, Event, Transcript
-from pytest_netlab.udp_faults import Decision
+from pytest_netlab.transcript import CLIENT_TO_SERVER, SERVER_TO_CLIENT
 
-__all__ = ["Address", "Copy", "DeliverySchedule", "DirectionStats", "Flow", "Pending", "ProxyLog", "ProxyStats"]
+__all__ = ["Address", "Copy", "DeliverySchedule", "DirectionStats", "Flow", "Pending", "ProxyStats", "address_label"]
 
 Address = Union[tuple[str, int], tuple[str, int, int, int]]
 
@@ -78,17 +78,20 @@ def address_label(address: Address) -> str:
 
 
 class Flow:
-    """One client: its address and its own upstream socket (the server sees one client per flow).
+    """One client: its address, its own upstream socket (the server sees one client per flow),
+    and its own client-facing socket, connected to it (None in responder mode, or if it could
+    not be had: the main socket serves the client then).
 
     ``counts`` numbers the datagrams that went through the fault model, per direction.
     """
 
-    __slots__ = ("address", "label", "upstream", "counts")
+    __slots__ = ("address", "label", "upstream", "front", "counts")
 
-    def __init__(self, address: Address, upstream: socket.socket | None) -> None:
+    def __init__(self, address: Address, upstream: socket.socket | None, front: socket.socket | None = None) -> None:
         self.address = address
         self.label = address_label(address)
         self.upstream = upstream
+        self.front = front
         self.counts = {CLIENT_TO_SERVER: 0, SERVER_TO_CLIENT: 0}
 
 
@@ -176,56 +179,3 @@ class DeliverySchedule:
     def clear(self) -> None:
         self._timers.clear()
         self._held.clear()
-
-
-class ProxyLog:
-    """Every datagram the proxy saw, with its decision, in the transcript; and the counters.
-
-    Not thread-safe by itself: the proxy holds its lock around every call.
-    The events and the decisions are two parallel lists rather than a list
-    of pairs: no new object per datagram on the fast path.
-
-    Example::
-
-        log = ProxyLog(transcript)
-        log.datagram(CLIENT_TO_SERVER, b"ping", DELIVER, "127.0.0.1:40312", at=now)
-        log.stats[CLIENT_TO_SERVER].delivered += 1
-    """
-
-    def __init__(self, transcript: Transcript) -> None:
-        self.record = transcript.record
-        self.stats = {CLIENT_TO_SERVER: DirectionStats(), SERVER_TO_CLIENT: DirectionStats()}
-        self.events: list[Event] = []
-        self.decisions: list[Decision] = []
-
-    def datagram(self, direction: str, data: bytes, decision: Decision, stream: str, at: float | None) -> None:
-        """Record one datagram and its decision (``at``: its receive time), and count it as seen."""
-        self.events.append(self.record(direction, "data", data, decision.describe(), stream, at))
-        self.decisions.append(decision)
-        self.stats[direction].seen += 1
-
-    def failed_send(self, direction: str, stream: str, failure: OSError) -> None:
-        """A datagram the model let through but the kernel refused: logged, and counted as dropped."""
-        self.stats[direction].dropped += 1
-        self.record(direction, "fault", note=f"send failed: {failure}", stream=stream)
-
-    def snapshot(self) -> ProxyStats:
-        """A copy of the counters of both directions."""
-        return ProxyStats(replace(self.stats[CLIENT_TO_SERVER]), replace(self.stats[SERVER_TO_CLIENT]))
-
-    def decided(self) -> list[tuple[float, str, Decision]]:
-        """Every decision as ``(t, direction, decision)``, in time order.
-
-        The fast path logs just after forwarding, so two threads may have
-        logged a few microseconds out of order.
-        """
-        decided = [(event.t, event.direction, decision) for event, decision in zip(self.events, self.decisions)]
-        decided.sort(key=lambda entry: entry[0])
-        return decided
-
-    def discard_in_flight(self) -> None:
-        """At close: datagrams still waiting to go out are dropped, and the transcript says so."""
-        for direction, stats in self.stats.items():
-            if stats.in_flight:
-                self.record(direction, "fault", note=f"discarded {stats.in_flight} datagram(s) in flight at close")
-                stats.dropped += stats.in_flight

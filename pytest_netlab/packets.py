@@ -36,6 +36,9 @@ __all__ = [
     "resets",
     "data_after_fin",
     "ladder",
+    "datagrams_to",
+    "TLSRecord",
+    "tls_records",
 ]
 
 #: Payload prefix of the UDP marker datagrams a capture sends to itself to
@@ -333,3 +336,68 @@ def _network_layer(linktype: int, frame: bytes) -> object:
         if version == 6:
             return dpkt.ip6.IP6(frame)
     return None
+
+
+def datagrams_to(captured: Iterable[Packet], port: int) -> list[Packet]:
+    """Every UDP datagram sent to ``port``, in capture order; their ``timestamp`` is the kernel's.
+
+    Example::
+
+        requests = datagrams_to(captured, server_port)
+        waits = [b.timestamp - a.timestamp for a, b in zip(requests, requests[1:])]
+    """
+    return [p for p in captured if p.proto == "udp" and p.dport == port]
+
+
+# TLS record content types (RFC 8446 section 5.1, RFC 5246 section 6.2.1, RFC 6520).
+_TLS_CONTENT_TYPES = {20: "change_cipher_spec", 21: "alert", 22: "handshake", 23: "application_data", 24: "heartbeat"}
+# The longest fragment a record may carry: 2^14 + 2048 (TLS 1.2 ciphertext; TLS 1.3 allows less).
+_TLS_MAX_FRAGMENT = 2**14 + 2048
+
+
+@dataclass(frozen=True)
+class TLSRecord:
+    """The header of one TLS record seen in a TCP payload (the fragment stays encrypted).
+
+    Attributes:
+        content_type: 20 change_cipher_spec, 21 alert, 22 handshake,
+            23 application_data (TLS 1.3 sends every encrypted record,
+            alerts included, as 23), 24 heartbeat.
+        version: the record-layer version field (0x0303 for TLS 1.2 and 1.3).
+        length: bytes of the fragment that follows the 5-byte header.
+    """
+
+    content_type: int
+    version: int
+    length: int
+
+    @property
+    def kind(self) -> str:
+        """The content type's name, ``"alert"``, ``"application_data"``..."""
+        return _TLS_CONTENT_TYPES.get(self.content_type, f"type {self.content_type}")
+
+
+def tls_records(payload: bytes) -> list[TLSRecord] | None:
+    """The TLS records ``payload`` holds, or None unless it is whole records from its first byte.
+
+    None also when the payload is not TLS, starts in the middle of a record,
+    ends in the middle of one, or was cut by the capture's snapshot length:
+    a caller that gets None knows nothing about the records, and says so.
+    Header decoding is dpkt's (``dpkt.ssl``).
+
+    Example::
+
+        records = tls_records(segment.payload)
+        if records and records[-1].kind == "alert":
+            print("a TLS 1.2 alert (close_notify or an error) ends this segment")
+    """
+    if not payload:
+        return None
+    try:
+        parsed, used = dpkt.ssl.tls_multi_factory(payload)
+    except (dpkt.ssl.SSL3Exception, dpkt.UnpackError):
+        return None
+    records = [TLSRecord(record.type, record.version, record.length) for record in parsed]
+    if used != len(payload) or any(r.content_type not in _TLS_CONTENT_TYPES or r.length > _TLS_MAX_FRAGMENT for r in records):
+        return None
+    return records

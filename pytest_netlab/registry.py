@@ -180,6 +180,9 @@ class Suite:
 
 
 _SUITES: dict[str, Suite] = {}
+# Whether every bundled suite was imported: one imported on its own (a test
+# importing a suite module) registers itself, and must not hide the others.
+_BUNDLED_LOADED = False
 
 
 def register_suite(suite: Suite) -> Suite:
@@ -199,8 +202,10 @@ def _load_bundled_suites() -> None:
 
 def all_suites() -> dict[str, Suite]:
     """Every bundled suite, by name, in a stable order."""
-    if not _SUITES:
+    global _BUNDLED_LOADED
+    if not _BUNDLED_LOADED:
         _load_bundled_suites()
+        _BUNDLED_LOADED = True
     return dict(sorted(_SUITES.items()))
 
 

@@ -58,6 +58,7 @@ class RunCapture:
         self.snaplen = snaplen
         self._env = env or {}
         self._marker: _MarkerSocket | None = None
+        self._resume = 0  # a frame record at or before the next check's begin marker (see cut_between)
         self._recorder: TcpdumpRecorder | None = None
         self._ids = itertools.count(1)
 
@@ -128,7 +129,11 @@ class RunCapture:
                 keeps everything.
         """
         self._await(end, timeout)
-        return cut_between(self.path, begin, end, dest, ports)
+        copied, begin_offset = cut_between(self.path, begin, end, dest, ports, start=self._resume)
+        if begin_offset is not None:
+            # Later checks' markers come after this one: their cuts need not read the file's start again.
+            self._resume = begin_offset
+        return copied
 
     def stop(self) -> None:
         """Stop tcpdump and remove the run's pcap."""
@@ -141,27 +146,40 @@ class RunCapture:
         self.path.unlink(missing_ok=True)
 
 
-def cut_between(source: Path, begin: bytes, end: bytes, dest: Path, ports: Collection[int] = ()) -> int:
+def cut_between(
+    source: Path, begin: bytes, end: bytes, dest: Path, ports: Collection[int] = (), start: int = 0
+) -> tuple[int, int | None]:
     """Write the frames of ``source`` from the ``begin`` marker to the ``end`` marker into ``dest``.
 
     The markers themselves are kept: in Wireshark they show where the check
     began and ended. With ``ports``, only frames to or from one of them are
-    copied. Returns the number of frames copied between the markers.
+    copied. ``start``: a file offset where a frame record begins, at or
+    before the ``begin`` marker (0: the first frame); a run's pcap grows with
+    every check, and reading it from its start for every cut would cost the
+    whole file each time.
+
+    Returns:
+        The number of frames copied between the markers, and the file offset
+        of the ``begin`` marker's record (None if it was not found).
     """
     wanted = set(ports)
     dest.parent.mkdir(parents=True, exist_ok=True)
     copied = 0
-    inside = False
+    begin_offset: int | None = None
     with open(source, "rb") as infile, open(dest, "wb") as outfile:
         reader = dpkt.pcap.Reader(infile)
         linktype = reader.datalink()
         writer = dpkt.pcap.Writer(outfile, snaplen=reader.snaplen, linktype=linktype)
+        if start:
+            infile.seek(start)
         try:
+            record = infile.tell()
             for timestamp, frame in reader:
-                if not inside:
+                if begin_offset is None:
                     if begin in frame:
-                        inside = True
+                        begin_offset = record
                         writer.writepkt(frame, timestamp)
+                    record = infile.tell()
                     continue
                 if end in frame:
                     writer.writepkt(frame, timestamp)
@@ -174,4 +192,4 @@ def cut_between(source: Path, begin: bytes, end: bytes, dest: Path, ports: Colle
                 copied += 1
         except (dpkt.NeedData, ValueError):
             pass  # tcpdump is still writing: a partial last record is past the end marker
-    return copied
+    return copied, begin_offset

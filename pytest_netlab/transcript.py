@@ -7,13 +7,19 @@ recorders append events, checks read them, renderers format them.
 
 Times are seconds since the transcript started (``time.monotonic`` based), so
 excerpts read ``t=0.000``, ``t=0.004`` whatever the wall clock says.
+
+A recorder on a hot path (the lossy UDP proxy) may log lazily: it registers
+a flush callback with :meth:`~Transcript.attach`, every read runs it first,
+and it brings the events in with :meth:`~Transcript.merge`, each at its
+place in time among what the other recorders appended meanwhile.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 __all__ = ["Event", "Transcript", "CLIENT_TO_SERVER", "SERVER_TO_CLIENT", "format_bytes"]
 
@@ -92,6 +98,10 @@ class Transcript:
     def __init__(self, clock_start: float | None = None) -> None:
         self._start = time.monotonic() if clock_start is None else clock_start
         self._events: list[Event] = []
+        # Lazy recorders' callbacks, run before every read (see attach).
+        self._flushes: list[Callable[[], None]] = []
+        # Serialises merges (record only appends, which the GIL keeps atomic).
+        self._merging = threading.Lock()
 
     @property
     def start(self) -> float:
@@ -127,15 +137,48 @@ class Transcript:
         self._events.append(event)
         return event
 
+    def attach(self, flush: Callable[[], None]) -> None:
+        """Run ``flush()`` before every read, for a recorder that keeps its events back until then.
+
+        ``flush`` runs in the reader's thread: it must add what it kept with
+        :meth:`merge`, must not read the transcript, and must take only locks
+        of its own, which no reader holds while it reads.
+        """
+        self._flushes.append(flush)
+
+    def detach(self, flush: Callable[[], None]) -> None:
+        """Stop calling ``flush`` (after its recorder flushed for the last time)."""
+        if flush in self._flushes:
+            self._flushes.remove(flush)
+
+    def merge(self, events: Sequence[Event]) -> None:
+        """Add events that happened earlier, in time order, each after the last event not later than it."""
+        with self._merging:
+            log = self._events
+            for event in events:
+                position = len(log)
+                # Lazy events are recent: the walk back from the end is short.
+                while position and log[position - 1].t > event.t:
+                    position -= 1
+                log.insert(position, event)
+
+    def _flush(self) -> None:
+        for flush in tuple(self._flushes):
+            flush()
+
     @property
     def events(self) -> list[Event]:
         """A snapshot of the events so far (list() of a list is atomic under the GIL)."""
+        if self._flushes:
+            self._flush()
         return list(self._events)
 
     def __iter__(self) -> Iterator[Event]:
         return iter(self.events)
 
     def __len__(self) -> int:
+        if self._flushes:
+            self._flush()
         return len(self._events)
 
     def received(self, direction: str = SERVER_TO_CLIENT, stream: str | None = None) -> bytes:

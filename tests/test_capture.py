@@ -353,3 +353,23 @@ def test_without_privileges_capture_is_unavailable_and_says_how_to_enable_it(tmp
     assert "Operation not permitted" in reason and reason.endswith(HOW_TO_ENABLE)
     assert verdict == "CaptureUnavailable raised"
     assert not (tmp_path / "no.pcap").exists() or packets(tmp_path / "no.pcap") == []
+
+
+def test_cut_between_resumes_at_the_begin_marker_it_found(tmp_path: Path) -> None:
+    import dpkt
+
+    from pytest_netlab.run_capture import cut_between
+
+    source = tmp_path / "run.pcap"
+    with open(source, "wb") as out:
+        writer = dpkt.pcap.Writer(out, linktype=dpkt.pcap.DLT_EN10MB)
+        frames = [b"noise-%d" % i for i in range(50)] + [b"..BEGIN-2..", b"inside-a", b"inside-b", b"..END-2..", b"after"]
+        for index, frame in enumerate(frames):
+            writer.writepkt(frame, float(index))
+    whole, offset = cut_between(source, b"BEGIN-2", b"END-2", tmp_path / "whole.pcap")
+    assert whole == 2 and offset is not None and offset > 24 + 50 * 16
+    resumed, again = cut_between(source, b"BEGIN-2", b"END-2", tmp_path / "resumed.pcap", start=offset)
+    assert (resumed, again) == (2, offset)
+    assert (tmp_path / "resumed.pcap").read_bytes() == (tmp_path / "whole.pcap").read_bytes()
+    missing, none = cut_between(source, b"BEGIN-1", b"END-1", tmp_path / "missing.pcap", start=offset)
+    assert (missing, none) == (0, None)

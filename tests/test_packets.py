@@ -19,7 +19,9 @@ from pytest_netlab.packets import (
     ladder,
     packets,
     read_packets,
+    datagrams_to,
     resets,
+    tls_records,
 )
 
 SYN, ACK, FIN, RST, PSH = (dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK, dpkt.tcp.TH_FIN, dpkt.tcp.TH_RST, dpkt.tcp.TH_PUSH)
@@ -303,3 +305,47 @@ def test_ladder_names_several_clients_and_unknown_endpoints(tmp_path: Path) -> N
 
 def test_ladder_of_nothing() -> None:
     assert ladder([]) == "  (no packets captured)"
+
+
+def test_datagrams_to_a_port_keep_their_kernel_times(tmp_path: Path) -> None:
+    frames = [
+        (10.0, ethernet(udp(CLIENT, SERVER, b"request"))),
+        (10.1, ethernet(udp(SERVER, CLIENT, b"reply"))),
+        (10.5, ethernet(tcp(CLIENT, SERVER, SYN))),  # TCP to the same port is not a datagram
+        (10.75, ethernet(udp(CLIENT, SERVER, b"request"))),
+    ]
+    requests = datagrams_to(parsed_exchange(tmp_path, frames), SERVER[1])
+    assert [(p.sender, p.payload, p.timestamp) for p in requests] == [(CLIENT, b"request", 10.0), (CLIENT, b"request", 10.75)]
+    assert datagrams_to(parsed_exchange(tmp_path, frames), 9) == []
+
+
+def record(content_type: int, fragment: bytes, version: int = 0x0303) -> bytes:
+    return bytes([content_type]) + version.to_bytes(2, "big") + len(fragment).to_bytes(2, "big") + fragment
+
+
+def test_tls_records_are_read_header_by_header() -> None:
+    payload = record(23, b"\xaa" * 30) + record(21, b"\xbb" * 26)
+    assert [(r.kind, r.version, r.length) for r in tls_records(payload) or []] == [("application_data", 0x0303, 30), ("alert", 0x0303, 26)]
+    assert [r.kind for r in tls_records(record(22, b"hello", version=0x0301)) or []] == ["handshake"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"GET / HTTP/1.1\r\n\r\n",  # not TLS
+        record(23, b"x" * 30)[:-1],  # ends inside the record (cut by the snapshot length)
+        record(23, b"x" * 30)[3:],  # starts inside a record
+        record(23, b"x" * 30) + b"\x17\x03",  # a header cut short after a whole record
+        record(99, b"x"),  # no such content type
+    ],
+)
+def test_tls_records_are_none_unless_the_payload_is_whole_records(payload: bytes) -> None:
+    assert tls_records(payload) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64))
+def test_tls_records_never_raise(payload: bytes) -> None:
+    records = tls_records(payload)
+    assert records is None or sum(5 + r.length for r in records) == len(payload)

@@ -9,7 +9,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-from pytest_netlab.transcript import CLIENT_TO_SERVER, SERVER_TO_CLIENT
+from pytest_netlab.errors import HarnessError
+from pytest_netlab.transcript import CLIENT_TO_SERVER, SERVER_TO_CLIENT, Transcript
 from pytest_netlab.udp_faults import Datagram, Decision, Faults, GilbertElliott, Script
 from pytest_netlab.udp_proxy import Address, LossyUDPProxy, ProxyStats
 
@@ -379,3 +380,162 @@ def test_ipv6(make_client: Callable[..., socket.socket]) -> None:
     finally:
         server.close()
     assert proxy.transcript.events[0].stream.startswith("[::1]:")
+
+
+# -- a connected socket per client flow ----------------------------------------------------
+
+
+def connected_sockets_on(port: int) -> set[int]:
+    """Remote ports of the connected IPv4 UDP sockets whose local port is ``port`` (from /proc/net/udp)."""
+    remote_ports = set()
+    with open("/proc/net/udp") as table:
+        next(table)
+        for line in table:
+            local, remote, state = line.split()[1:4]
+            if int(local.split(":")[1], 16) == port and state == "01":  # 01: TCP_ESTABLISHED, i.e. connected
+                remote_ports.add(int(remote.split(":")[1], 16))
+    return remote_ports
+
+
+def test_each_client_gets_its_own_socket_on_the_proxy_address_connected_to_it(
+    echo_server: EchoServer, make_client: Callable[..., socket.socket]
+) -> None:
+    with LossyUDPProxy(upstream=echo_server.address) as proxy:
+        first, second = make_client(proxy.address), make_client(proxy.address, connect=False)
+        for round_number in range(3):
+            first.send(b"first %d" % round_number)
+            second.sendto(b"second %d" % round_number, proxy.address)
+            assert first.recv(100) == b"first %d" % round_number
+            # The reply comes from the proxy's address, not from the flow socket's own port.
+            assert second.recvfrom(100) == (b"second %d" % round_number, proxy.address)
+        clients = {first.getsockname()[1], second.getsockname()[1]}
+        assert connected_sockets_on(proxy.address[1]) == clients
+        settled(proxy, lambda s: s.server_to_client.delivered == 6)
+    assert connected_sockets_on(proxy.address[1]) == set()
+    assert len({address for _, address in echo_server.received}) == 2
+
+
+def test_datagrams_that_reach_the_main_socket_for_a_known_client_are_relayed_in_order(
+    echo_server: EchoServer, make_client: Callable[..., socket.socket]
+) -> None:
+    with LossyUDPProxy(upstream=echo_server.address) as proxy:
+        client = make_client(proxy.address)
+
+        def send_a_burst(stats: ProxyStats) -> bool:
+            # wait_for runs this holding the proxy's lock, which the proxy needs to open a flow:
+            # the whole burst reaches the main socket before the client has a socket of its own.
+            for number in range(5):
+                client.send(b"%02d" % number)
+            return True
+
+        assert proxy.wait_for(send_a_burst, TIMEOUT)
+        assert [client.recv(100) for _ in range(5)] == [b"%02d" % number for number in range(5)]
+        for number in range(5, 10):  # these reach the client's own socket
+            client.send(b"%02d" % number)
+        assert [client.recv(100) for _ in range(5)] == [b"%02d" % number for number in range(5, 10)]
+        assert connected_sockets_on(proxy.address[1]) == {client.getsockname()[1]}
+        settled(proxy, lambda s: s.server_to_client.delivered == 10)
+    assert [data for data, _ in echo_server.received] == [b"%02d" % number for number in range(10)]
+    assert len({address for _, address in echo_server.received}) == 1
+
+
+@pytest.mark.parametrize("replies", [Faults(), Faults(duplicate=1.0)], ids=["fast path", "fault model"])
+def test_a_client_that_went_away_does_not_stop_its_flow(
+    echo_server: EchoServer, make_client: Callable[..., socket.socket], replies: Faults
+) -> None:
+    with LossyUDPProxy(upstream=echo_server.address, server_to_client=replies) as proxy:
+        client = make_client(proxy.address)
+        client.send(b"hello")
+        assert client.recv(100) == b"hello"
+        client_address = client.getsockname()
+        upstream_address = echo_server.received[0][1]
+        client.close()
+        # The server answers a client that has gone: the kernel refuses it with an ICMP error.
+        echo_server.sock.sendto(b"too late", upstream_address)
+        assert proxy.wait_for(lambda s: any("client refused" in e.note for e in proxy.transcript), TIMEOUT)
+        # The same address comes back (a new socket on the same port): its flow still relays.
+        again = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            again.settimeout(TIMEOUT)
+            again.bind(client_address)
+            again.connect(proxy.address)
+            again.send(b"back again")
+            # A copy of the refused reply may be sent again (duplicated, or retried once the error
+            # has been read) after the port is back: it arrives first then.
+            arrived = [again.recv(100)]
+            while arrived[-1] == b"too late" and len(arrived) < 4:
+                arrived.append(again.recv(100))
+            assert arrived[-1] == b"back again", arrived
+        finally:
+            again.close()
+    streams = {event.stream for event in proxy.transcript}
+    assert streams == {"127.0.0.1:%d" % client_address[1]}
+    assert not [e for e in proxy.transcript if "stopped relaying" in e.note]
+
+
+def test_close_leaves_no_threads_or_sockets_of_busy_flows(
+    echo_server: EchoServer, make_client: Callable[..., socket.socket]
+) -> None:
+    threads_before = set(threading.enumerate())
+    descriptors_before = set(os.listdir("/proc/self/fd"))
+    proxy = LossyUDPProxy(upstream=echo_server.address).start()
+    clients = [make_client(proxy.address) for _ in range(3)]
+    for round_number in range(3):  # the second round on goes through each client's own socket
+        for client in clients:
+            client.send(b"%d" % round_number)
+            assert client.recv(100) == b"%d" % round_number
+    # Two threads per flow (requests from its socket, replies from its upstream), and the proxy's own.
+    assert len(set(threading.enumerate()) - threads_before) == 2 * len(clients) + 2
+    for client in clients:
+        client.close()
+    proxy.close()
+    assert set(threading.enumerate()) == threads_before
+    assert set(os.listdir("/proc/self/fd")) == descriptors_before
+    assert proxy.stats.server_to_client.delivered == 9
+
+
+def test_a_proxy_listens_on_the_port_it_is_given_and_no_other_can_take_it(
+    echo_server: EchoServer, make_client: Callable[..., socket.socket]
+) -> None:
+    with LossyUDPProxy(upstream=echo_server.address) as first:
+        port = first.address[1]
+        # A port that a running proxy holds, even though it lets its own flow sockets share it.
+        with pytest.raises(HarnessError, match=f"port {port}"):
+            LossyUDPProxy(upstream=echo_server.address, port=port).start()
+    with LossyUDPProxy(upstream=echo_server.address, port=port) as second:
+        assert second.address == ("127.0.0.1", port)
+        client = make_client(second.address)
+        client.send(b"on the given port")
+        assert client.recv(100) == b"on the given port"
+    with pytest.raises(ValueError, match="port"):
+        LossyUDPProxy(upstream=echo_server.address, port=70000)
+
+
+def test_lazily_logged_datagrams_take_their_place_in_a_shared_transcript(
+    echo_server: EchoServer, make_client: Callable[..., socket.socket]
+) -> None:
+    transcript = Transcript()
+    with LossyUDPProxy(upstream=echo_server.address, transcript=transcript) as proxy:
+        client = make_client(proxy.address)
+        client.send(b"0")
+        assert client.recv(100) == b"0"
+        # Another recorder writes between two exchanges; no one has read the log yet.
+        transcript.record("", "note", note="the test's own note")
+        client.send(b"1")
+        assert client.recv(100) == b"1"
+        # Forwarded first, logged after: a request may even be logged after its reply.
+        settled(proxy, lambda s: s.client_to_server.delivered == s.server_to_client.delivered == 2)
+        assert len(transcript) == 5
+    seen = [(event.direction, event.kind, event.data) for event in transcript]
+    assert seen == [
+        (CLIENT_TO_SERVER, "data", b"0"),
+        (SERVER_TO_CLIENT, "data", b"0"),
+        ("", "note", b""),
+        (CLIENT_TO_SERVER, "data", b"1"),
+        (SERVER_TO_CLIENT, "data", b"1"),
+    ]
+    times = [event.t for event in transcript]
+    assert times == sorted(times)
+    assert [(direction, decision.describe()) for _, direction, decision in proxy.decisions] == [
+        (CLIENT_TO_SERVER, "delivered"), (SERVER_TO_CLIENT, "delivered")
+    ] * 2

@@ -15,11 +15,11 @@ from pytest_netlab.context import CheckContext
 from pytest_netlab.declarations import TargetSpec
 from pytest_netlab.errors import ProtocolViolation
 from pytest_netlab.registry import Check, Role, Severity, Suite
+from pytest_netlab.suites.bulk_transfer import first_difference
 from pytest_netlab.suites.framed._wire import (
     END,
     explain_split,
     explain_wrong_length,
-    first_difference,
     frame,
     little_endian_length,
     parse_frames,
@@ -200,3 +200,12 @@ def test_the_search_keeps_hypothesis_caches_out_of_the_users_directory(contexts:
         assert not users_home.exists()
     finally:
         set_hypothesis_home_dir(None)
+
+
+@given(st.binary(max_size=9000), st.binary(max_size=9000))
+def test_first_difference_is_the_first_unequal_offset(expected: bytes, got: bytes) -> None:
+    # Blocks of 4 KiB are compared first: the answer must match the byte-by-byte definition.
+    naive = next((i for i, (a, b) in enumerate(zip(expected, got)) if a != b), min(len(expected), len(got)))
+    assert first_difference(expected, got) == naive
+    same = expected + b"\x00" + expected
+    assert first_difference(same, expected + b"\x01" + expected) == len(expected)

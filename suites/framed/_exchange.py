@@ -13,6 +13,7 @@ This module must not decide what to send; the checks do.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from typing import Sequence
@@ -23,7 +24,8 @@ from pytest_netlab.rawclient import ClosedEarly, ReceiveTimeout, ScriptedClient
 from pytest_netlab.transcript import format_bytes
 
 from ..wire_close import evidence_note
-from ._wire import HEADER, explain_wrong_length, first_difference, frame, little_endian_length, parse_frames
+from ..bulk_transfer import SendProgress, first_difference
+from ._wire import HEADER, explain_wrong_length, frame, little_endian_length, parse_frames
 
 __all__ = ["expect_message", "expect_close", "echo_in_bulk", "silence_hint", "REPLY_TIMEOUT"]
 
@@ -133,30 +135,6 @@ def expect_close(ctx: CheckContext, client: ScriptedClient, *, after: str, allow
         )
 
 
-class _Progress:
-    """Counts the sender's chunks, so the reader can wait until the sender is done or blocked."""
-
-    def __init__(self) -> None:
-        self.changed = threading.Condition()
-        self.count = 0
-        self.done = False
-
-    def advance(self, finished: bool = False) -> None:
-        with self.changed:
-            self.count += 1
-            self.done = self.done or finished
-            self.changed.notify_all()
-
-    def wait_until_done_or_stalled(self, stall: float, limit: float) -> None:
-        deadline = time.monotonic() + limit
-        with self.changed:
-            while not self.done and time.monotonic() < deadline:
-                seen = self.count
-                self.changed.wait(min(stall, max(0.0, deadline - time.monotonic())))
-                if self.count == seen and not self.done:
-                    return  # no progress for `stall` seconds: the buffers are full
-
-
 def echo_in_bulk(ctx: CheckContext, payloads: Sequence[bytes], *, stall: float = 3.0) -> None:
     """Send every message back to back from a thread; read the echoes only once the sender is
     done or blocked, through a small receive window; demand every echo, in order.
@@ -166,7 +144,7 @@ def echo_in_bulk(ctx: CheckContext, payloads: Sequence[bytes], *, stall: float =
     """
     stream = b"".join(frame(p) for p in payloads)
     client = ctx.connect(receive_buffer=32 * 1024, timeout=10.0, label="slow-reader")
-    progress = _Progress()
+    progress = SendProgress()
     errors: list[BaseException] = []
 
     def sender() -> None:
@@ -177,7 +155,7 @@ def echo_in_bulk(ctx: CheckContext, payloads: Sequence[bytes], *, stall: float =
         except BaseException as error:  # reported below, by the reading side
             errors.append(error)
         finally:
-            progress.advance(finished=True)
+            progress.finish()
 
     thread = threading.Thread(target=sender, name="netlab-framed-sender", daemon=True)
     thread.start()
@@ -188,6 +166,8 @@ def echo_in_bulk(ctx: CheckContext, payloads: Sequence[bytes], *, stall: float =
         try:
             chunk = client.recv_some(timeout=0.25)
         except ReceiveTimeout:
+            if client.stalled:
+                break  # the target went idle: nothing more is coming
             continue
         except ClosedEarly:
             break
@@ -195,6 +175,13 @@ def echo_in_bulk(ctx: CheckContext, payloads: Sequence[bytes], *, stall: float =
             break
         received += chunk
         last_progress = time.monotonic()
+    if thread.is_alive():
+        # The reading is over and the sender is still blocked in send(): wake it
+        # (EPIPE) rather than wait out its timeout; the verdict is already known.
+        try:
+            client.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
     thread.join(ctx.timeout(10.0))
     got = bytes(received)
     if got == stream:

@@ -25,7 +25,6 @@ __all__ = [
     "explain_wrong_length",
     "split_at",
     "describe_pieces",
-    "first_difference",
     "explain_split",
 ]
 
@@ -89,14 +88,6 @@ def describe_pieces(pieces: Sequence[bytes], limit: int = 6) -> str:
     if len(pieces) > limit:
         shown.append(f"... {len(pieces) - limit} more")
     return " | ".join(shown) + f" ({len(pieces)} segment{'s' if len(pieces) != 1 else ''})"
-
-
-def first_difference(expected: bytes, got: bytes) -> int:
-    """The offset of the first byte that differs (or the shorter length)."""
-    for index, (a, b) in enumerate(zip(expected, got)):
-        if a != b:
-            return index
-    return min(len(expected), len(got))
 
 
 def explain_split(payloads: Sequence[bytes], cuts: Sequence[int]) -> str:

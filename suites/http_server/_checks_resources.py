@@ -21,7 +21,8 @@ from pytest_netlab.transcript import SERVER_TO_CLIENT, format_bytes
 
 from . import _suite as rfc
 from ._docroot import SECRET_MARKER, SECRET_NAME, served_file
-from ._exchange import HttpExchange, fetch, first_difference, host_header, need_docroot, show_head
+from ..bulk_transfer import first_difference
+from ._exchange import HttpExchange, fetch, host_header, need_docroot, show_head
 from ._suite import SUITE
 
 __all__ = ["expect_file", "expect_status"]

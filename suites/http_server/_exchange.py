@@ -22,7 +22,7 @@ from pytest_netlab.http_wire import HttpResponse, ResponseReader, WireViolation
 from pytest_netlab.rawclient import ClosedEarly, ReceiveTimeout, ScriptedClient
 from pytest_netlab.transcript import format_bytes
 
-__all__ = ["HttpExchange", "fetch", "build_request", "host_header", "need_docroot", "first_difference", "show_head"]
+__all__ = ["HttpExchange", "fetch", "build_request", "host_header", "need_docroot", "show_head"]
 
 Fields = Iterable[tuple[str, str]]
 
@@ -74,13 +74,6 @@ def need_docroot(ctx: CheckContext) -> None:
 def show_head(response: HttpResponse) -> str:
     """A response's status line and headers on one line: ``HTTP/1.1 405 Not Allowed | Server: nginx``."""
     return response.head.decode("latin-1").strip().replace("\r\n", " | ")
-
-
-def first_difference(expected: bytes, got: bytes) -> int:
-    for index, (a, b) in enumerate(zip(expected, got)):
-        if a != b:
-            return index
-    return min(len(expected), len(got))
 
 
 def _hint(summary: str) -> str:

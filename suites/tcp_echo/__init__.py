@@ -20,6 +20,7 @@ from pytest_netlab.errors import ProtocolViolation
 from pytest_netlab.registry import Role, Suite, register_suite
 from pytest_netlab.transcript import format_bytes
 
+from ..bulk_transfer import SendProgress, first_difference
 from ..common_tcp import TcpProtocol, add_common_checks
 from ..wire_close import evidence_note, expect_no_reset_after_fin
 
@@ -48,41 +49,6 @@ def _example(rng: random.Random) -> tuple[bytes, bytes]:
 
 PROTOCOL = TcpProtocol(example=_example, partial_request=lambda rng: b"half a line, no end yet")
 add_common_checks(SUITE, PROTOCOL)
-
-
-class _SendProgress:
-    """Lets the reader start only once the sender is done or blocked (buffers full)."""
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._count = 0
-        self._done = False
-
-    def advance(self) -> None:
-        with self._changed:
-            self._count += 1
-            self._changed.notify_all()
-
-    def finish(self) -> None:
-        with self._changed:
-            self._done = True
-            self._changed.notify_all()
-
-    def wait_until_done_or_stalled(self, stall: float, limit: float) -> None:
-        deadline = time.monotonic() + limit
-        with self._changed:
-            while not self._done and time.monotonic() < deadline:
-                seen = self._count
-                self._changed.wait(min(stall, max(0.0, deadline - time.monotonic())))
-                if self._count == seen and not self._done:
-                    return  # no progress for `stall` seconds: the buffers are full
-
-
-def _first_difference(sent: bytes, got: bytes) -> int:
-    for index, (a, b) in enumerate(zip(sent, got)):
-        if a != b:
-            return index
-    return min(len(sent), len(got))
 
 
 @SUITE.check("echo", "byte-exact", title="echoes every byte unchanged", references=(RFC,))
@@ -122,7 +88,7 @@ def check_large_concurrent(ctx: CheckContext) -> None:
     payload = ctx.random_bytes(LARGE_ECHO)
     client = ctx.connect(receive_buffer=32 * 1024, timeout=10.0)
     errors: list[BaseException] = []
-    progress = _SendProgress()
+    progress = SendProgress()
 
     def sender() -> None:
         try:
@@ -165,7 +131,7 @@ def check_large_concurrent(ctx: CheckContext) -> None:
     got = bytes(received)
     if got == payload:
         return
-    offset = _first_difference(payload, got)
+    offset = first_difference(payload, got)
     lost = len(payload) - len(got)
     summary = (
         f"the echo of {len(payload)} bytes came back with {len(got)} bytes ({lost} missing)"
@@ -199,7 +165,7 @@ def check_half_close(ctx: CheckContext) -> None:
     data, how = client.read_until_close(timeout=ctx.timeout(5.0))
     evidence = evidence_note(ctx)
     if data != payload:
-        offset = _first_difference(payload, data)
+        offset = first_difference(payload, data)
         ctx.fail(
             f"after the client's half-close the target echoed {len(data)} of {len(payload)} bytes",
             expected=f"all {len(payload)} bytes, then the connection closed",
@@ -225,7 +191,7 @@ def check_binary(ctx: CheckContext) -> None:
         client.send(message)
         got = client.recv_exactly(len(message), timeout=ctx.timeout(3.0), what=f"the echo of {len(message)} binary bytes")
     if got != message:
-        offset = _first_difference(message, got)
+        offset = first_difference(message, got)
         ctx.fail(
             f"binary data came back changed from offset {offset}",
             expected=format_bytes(message[offset : offset + 16]) + f" at offset {offset}",

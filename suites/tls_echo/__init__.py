@@ -22,6 +22,7 @@ from pytest_netlab.registry import Role, Severity, Suite, register_suite
 from pytest_netlab.transcript import format_bytes
 
 from ..common_tcp import add_common_checks, exchange
+from ._closing import server_ending
 from ._conversation import PROTOCOL, echo_windowed, expect_echo, served_with_certificate, still_serves
 from ._handshake import (
     attempt_handshake,
@@ -54,6 +55,8 @@ BOOK_CIPHERS = 'FOPNP ch. 6 "Hand-Picked Ciphers and Perfect Forward Security" (
 RFC_CLOSE = 'RFC 8446 section 6.1 ("Each party MUST send a close_notify alert before closing its write side")'
 RFC_OLD_VERSIONS = "RFC 8996 sections 4-5 (TLS 1.0 and 1.1 MUST NOT be negotiated)"
 RFC_BCP195 = "RFC 9325 (BCP 195)"
+#: Said wherever the close was judged without the wire.
+NO_CAPTURE = "(no packet capture: judged from what the TLS library reports)"
 
 
 add_common_checks(SUITE, PROTOCOL)
@@ -266,36 +269,53 @@ def check_silent_client(ctx: CheckContext) -> None:
 def check_close_notify(ctx: CheckContext) -> None:
     """After an echo, send close_notify (``unwrap()``): the server must end the
     conversation with a close_notify of its own rather than a bare TCP close,
-    which a client cannot tell from a truncation attack."""
+    which a client cannot tell from a truncation attack. With packet capture
+    the wire is read too: a FIN or RST with no TLS record after the echo fails
+    whatever the TLS library made of it."""
     context = suite_client_context(client_cert="suite" if _mutual(ctx) else "none", strict_close=True)
     client = tls_connect(ctx, ctx.address, "closing", context=context, ragged_eof_is_error=True)
     expect_echo(ctx, client, b"goodbye soon\n")
     tls = client.sock
     assert isinstance(tls, ssl.SSLSocket)
+    client_port = tls.getsockname()[1]
     tls.settimeout(ctx.timeout(3.0))
     ctx.transcript.record("c->s", "note", note="TLS close_notify (unwrap)", stream="closing")
+    failure: tuple[str, str, str, str] | None = None
     try:
         tls.unwrap()
     except TimeoutError:
-        ctx.fail(
+        failure = (
             "after the client's close_notify the server neither answered it nor closed the connection",
-            expected="the server's close_notify, then its TCP close",
-            got=f"nothing within {ctx.timeout(3.0):.1f} s",
-            hint="recv() returns b'' after the peer's close_notify: treat it as the end, call unwrap(), then close()",
+            "the server's close_notify, then its TCP close",
+            f"nothing within {ctx.timeout(3.0):.1f} s",
+            "recv() returns b'' after the peer's close_notify: treat it as the end, call unwrap(), then close()",
         )
     except (ssl.SSLEOFError, ConnectionError) as error:
-        ctx.fail(
+        failure = (
             "the server closed the connection without a TLS close_notify",
-            expected="the server's close_notify before its TCP close",
-            got=describe_tls_error(error),
-            hint="SSLSocket.close() sends no close_notify: call unwrap() before close()",
+            "the server's close_notify before its TCP close",
+            describe_tls_error(error),
+            "SSLSocket.close() sends no close_notify: call unwrap() before close()",
         )
     except OSError as error:
-        ctx.fail(
+        failure = (
             "the server did not answer the client's close_notify with its own",
-            expected="the server's close_notify, then its TCP close",
-            got=describe_tls_error(error),
-            hint="after recv() returns b'', send nothing more: call unwrap(), then close()",
+            "the server's close_notify, then its TCP close",
+            describe_tls_error(error),
+            "after recv() returns b'', send nothing more: call unwrap(), then close()",
+        )
+    captured = ctx.packets()
+    ending = server_ending(captured, client_port=client_port, server_port=ctx.address[1]) if captured is not None else None
+    evidence = f"; {ending.describe()}" if ending is not None else f" {NO_CAPTURE}"
+    if failure is not None:
+        summary, expected, got, hint = failure
+        ctx.fail(summary, expected=expected, got=got + evidence, hint=hint)
+    if ending is not None and ending.bare_close:
+        ctx.fail(
+            "the server closed the connection without a TLS close_notify",
+            expected="the server's close_notify (a TLS record after the echo) before its TCP close",
+            got=f"{ending.describe()}, although the TLS library reported a clean close",
+            hint="SSLSocket.close() sends no close_notify: call unwrap() before close()",
         )
     ctx.transcript.record("s->c", "note", note="TLS close_notify", stream="closing")
 

@@ -6,8 +6,10 @@ datagram there, retransmits with exponential backoff until a reply comes
 no reply ever comes it gives up, in bounded time, with a non-zero exit.
 
 Each check plays the server through the lossy UDP proxy (drops, spoofs,
-duplicates and delays), reads when every request arrived, and shows that
-timeline when the client gets something wrong.
+duplicates and delays), reads when every request arrived (on the wire, from
+the packet capture's kernel timestamps; without capture, from the proxy's
+log, and the message says so), and shows that timeline when the client gets
+something wrong.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pytest_netlab.transcript import SERVER_TO_CLIENT
 from pytest_netlab.udp_faults import Decision, Script
 from pytest_netlab.udp_proxy import Address, LossyUDPProxy
 
-from ._server import ANSWER_BUDGET, Reply, expect_printed, request_times, run_client, start_proxy, violation
+from ._server import ANSWER_BUDGET, Reply, arrivals, expect_printed, run_client, start_proxy, violation
 
 SUITE = register_suite(
     Suite(
@@ -63,15 +65,17 @@ def check_basic(ctx: CheckContext) -> None:
     reply = Reply(ctx)
     proxy = start_proxy(ctx, reply.answer_every())
     run = run_client(ctx, proxy)
-    if not request_times(ctx):
+    seen = arrivals(ctx, proxy)
+    if not seen.times:
         raise violation(
             ctx,
+            seen,
             "no request reached the server",
             expected=f"a request datagram to {proxy.address[0]}:{proxy.address[1]}",
             got=run.describe(),
             hint="send the request with sendto((host, port)) or connect() then send(), to the host and port given",
         )
-    expect_printed(ctx, run, reply, "the server answered the first request at once")
+    expect_printed(ctx, seen, run, reply, "the server answered the first request at once")
 
 
 @SUITE.check(
@@ -87,16 +91,18 @@ def check_after_loss(ctx: CheckContext) -> None:
     reply = Reply(ctx)
     proxy = start_proxy(ctx, reply.answer_every(), Script.drop_first(3))
     run = run_client(ctx, proxy)
-    sent = len(request_times(ctx))
+    seen = arrivals(ctx, proxy)
+    sent = len(seen.times)
     if sent <= 3:
         raise violation(
             ctx,
+            seen,
             f"the client sent {sent} request(s), all lost, and {'gave up' if not run.timed_out else 'waited'} without sending again",
             expected="the client resends the request when no reply comes, until one does (here, the 4th)",
             got=run.describe(),
             hint="UDP loses datagrams: loop { send; wait with a timeout; on timeout resend with a longer wait }",
         )
-    expect_printed(ctx, run, reply, "the first 3 requests were lost and request 4 was answered")
+    expect_printed(ctx, seen, run, reply, "the first 3 requests were lost and request 4 was answered")
 
 
 def _intervals(times: list[float]) -> list[float]:
@@ -117,12 +123,14 @@ def check_backoff(ctx: CheckContext) -> None:
     and the typical wait at least 20 ms. A fixed interval, or a flood, fails."""
     proxy = start_proxy(ctx, lambda request, client: None)
     run = run_client(ctx, proxy, budget=GIVE_UP_BUDGET, until=lambda stats: stats.client_to_server.seen >= BACKOFF_REQUESTS)
-    times = request_times(ctx)[:BACKOFF_REQUESTS]
+    seen = arrivals(ctx, proxy)
+    times = list(seen.times[:BACKOFF_REQUESTS])
     waits = _intervals(times)
-    shown = ", ".join(f"{wait * 1000:.0f} ms" for wait in waits)
+    shown = ", ".join(f"{wait * 1000:.0f} ms" for wait in waits) + f" {seen.measured}"
     if len(times) < 3:
         raise violation(
             ctx,
+            seen,
             f"the client sent {len(times)} request(s) to a silent server, too few to back off",
             expected="retransmissions with growing waits, e.g. after 0.1, 0.2, 0.4, 0.8 s (the book's client)",
             got=run.describe(),
@@ -131,6 +139,7 @@ def check_backoff(ctx: CheckContext) -> None:
     if statistics.median(waits) < FLOOD_FLOOR:
         raise violation(
             ctx,
+            seen,
             f"the client flooded a silent server: {len(times)} requests within {(times[-1] - times[0]) * 1000:.0f} ms",
             expected=f"waits of at least {FLOOD_FLOOR * 1000:.0f} ms before retransmitting, growing each time",
             got=f"waits of {shown}",
@@ -142,9 +151,10 @@ def check_backoff(ctx: CheckContext) -> None:
     if not (step_growth or overall_growth):
         raise violation(
             ctx,
+            seen,
             "the client retransmits at a fixed interval instead of backing off",
             expected=f"each wait about twice the last (median ratio at least {BACKOFF_RATIO})",
-            got=f"waits of {shown} (ratios {', '.join(f'{r:.2f}' for r in ratios)})",
+            got=f"waits of {shown}; ratios {', '.join(f'{r:.2f}' for r in ratios)}",
             hint="multiply the timeout by 2 after each retransmission: delay *= 2",
         )
 
@@ -162,10 +172,12 @@ def check_gives_up(ctx: CheckContext) -> None:
     within 15 seconds (the book's client gives up after about 3 s)."""
     proxy = start_proxy(ctx, lambda request, client: None)
     run = run_client(ctx, proxy, budget=GIVE_UP_BUDGET)
-    sent = len(request_times(ctx))
+    seen = arrivals(ctx, proxy)
+    sent = len(seen.times)
     if run.timed_out:
         raise violation(
             ctx,
+            seen,
             f"the server never answered, and the client was still trying after {run.duration:.0f} s ({sent} requests)",
             expected=f"the client gives up within {ctx.timeout(GIVE_UP_BUDGET):.0f} s and exits with a non-zero status",
             got=run.describe(),
@@ -174,6 +186,7 @@ def check_gives_up(ctx: CheckContext) -> None:
     if run.status.returncode == 0:
         raise violation(
             ctx,
+            seen,
             "the server never answered, yet the client exited with status 0",
             expected="a non-zero exit status: nothing was answered",
             got=run.describe(),
@@ -182,6 +195,7 @@ def check_gives_up(ctx: CheckContext) -> None:
     if sent == 0:
         raise violation(
             ctx,
+            seen,
             "the client exited without sending any request",
             expected=f"requests to {proxy.address[0]}:{proxy.address[1]}, then giving up",
             got=run.describe(),
@@ -204,15 +218,17 @@ def check_spoofed_source(ctx: CheckContext) -> None:
     fake = b"FAKE reply from another port; " + Reply(ctx, "spoof").token
     proxy = start_proxy(ctx, reply.answer_every(), Script.spoof_reply(0, fake, delay=0.05))
     run = run_client(ctx, proxy)
+    seen = arrivals(ctx, proxy)
     if fake in run.stdout or fake.split(b"; ")[1] in run.stdout:
         raise violation(
             ctx,
+            seen,
             "the client printed a datagram that came from another port, not from the server",
             expected=f"only the reply from {proxy.address[0]}:{proxy.address[1]}",
             got=run.describe(),
             hint="connect() the UDP socket to the server, or compare the address recvfrom() returns with the server's",
         )
-    expect_printed(ctx, run, reply, "a stranger's datagram came first and the server's reply 50 ms later")
+    expect_printed(ctx, seen, run, reply, "a stranger's datagram came first and the server's reply 50 ms later")
 
 
 @SUITE.check(
@@ -229,11 +245,13 @@ def check_duplicate(ctx: CheckContext) -> None:
     twice = Script(lambda d: Decision(delays=(0.0, 0.05), reason="duplicated by the network") if (d.direction, d.index) == (SERVER_TO_CLIENT, 0) else None)
     proxy = start_proxy(ctx, reply.answer_every(), twice)
     run = run_client(ctx, proxy)
-    expect_printed(ctx, run, reply, "the reply arrived twice")
+    seen = arrivals(ctx, proxy)
+    expect_printed(ctx, seen, run, reply, "the reply arrived twice")
     count = run.stdout.count(reply.token)
     if count > 1:
         raise violation(
             ctx,
+            seen,
             f"the reply arrived twice and the client printed it {count} times",
             expected="the reply printed once: a duplicate is the network's doing, not a second answer",
             got=run.describe(),
@@ -267,9 +285,11 @@ def check_late(ctx: CheckContext) -> None:
     proxy = start_proxy(ctx, late_server)
     proxy_box.append(proxy)
     run = run_client(ctx, proxy, budget=ANSWER_BUDGET)
-    if len(request_times(ctx)) < 2:
+    seen = arrivals(ctx, proxy)
+    if len(seen.times) < 2:
         raise violation(
             ctx,
+            seen,
             "the server held its reply until a retransmission, and the client never retransmitted",
             expected="a retransmission, then the late reply to the first request printed",
             got=run.describe(),
@@ -277,6 +297,7 @@ def check_late(ctx: CheckContext) -> None:
         )
     expect_printed(
         ctx,
+        seen,
         run,
         reply,
         "the reply to the first request came late, after the client's retransmission",
