@@ -25,9 +25,11 @@ from .context import CaptureWindow, CheckContext
 from .declarations import TargetSpec
 from .errors import HarnessError, NotApplicable, ProtocolViolation, TargetCrashed, TargetError
 from .registry import Check, Role, Severity, Suite
+from .stall import thread_activity
 from .target import TargetPool
 
 if TYPE_CHECKING:
+    from .process import ExitStatus, ManagedProcess
     from .run_capture import RunCapture
 
 __all__ = ["Verdict", "CheckRunner", "OUTCOMES", "ipv6_available"]
@@ -247,13 +249,35 @@ def _find_crash(ctx: CheckContext, settle: float = 0.0) -> TargetCrashed | None:
         process = instance.process
         if process is None or instance.expect_exit:
             continue
-        status = process.wait(settle) if settle else process.poll()
+        status = _exit_status_unless_asleep(process, settle) if settle else process.poll()
         if status is not None:
             return TargetCrashed(
                 f"the target crashed during this check: it {status.describe()}",
                 details=process.describe(),
             )
     return None
+
+
+def _exit_status_unless_asleep(process: ManagedProcess, settle: float) -> ExitStatus | None:
+    """The exit status within ``settle`` s, or None as soon as the process is seen asleep.
+
+    A dying process runs (or waits on the disk) until it exits; one whose
+    threads all sleep, unscheduled, between two looks 10 ms apart is alive and
+    staying so: no need to wait out the settle time on every failed check.
+    """
+    deadline = time.monotonic() + settle
+    last = None
+    while True:
+        status = process.poll()
+        if status is not None or time.monotonic() >= deadline:
+            return status
+        activity = thread_activity([process.pid])
+        if activity is not None and activity == last:
+            return None
+        last = activity
+        status = process.wait(min(0.01, max(0.0, deadline - time.monotonic())))
+        if status is not None:
+            return status
 
 
 def _file_name(name: str) -> str:
