@@ -46,7 +46,7 @@ SIGNAL_EXIT_SECONDS = 5.0
 # unscheduled, with nothing in flight, before a read gives up on a reply (stall.py).
 # Reference servers answer within milliseconds; a book-style server that polls on
 # a timer keeps running and is never called stalled.
-STALL_QUIET_SECONDS = 0.25
+STALL_QUIET_SECONDS = 0.15
 
 
 class CaptureWindow:

@@ -28,7 +28,7 @@ _RECV_SIZE = 65536
 # At most this many reads (4 MiB) of leftovers before an orderly close.
 _DRAIN_READS = 64
 # With a stall watch, a read wakes this often (seconds) to ask it whether the target has stalled.
-_STALL_POLL = 0.05
+_STALL_POLL = 0.025
 
 
 class ReceiveTimeout(ProtocolViolation):

@@ -5,7 +5,9 @@ choice). Each poll also asks whether the process is still alive, so a target
 that exits at once is reported at once rather than after the startup
 timeout.
 
-- ``tcp``: a connection to host:port succeeds.
+- ``tcp``: a socket listens on host:port, read from ``/proc/net/tcp*`` (a
+  probe connection would be a client the target did not expect; where
+  ``/proc`` is missing, a connection that succeeds).
 - ``udp``: the port is bound, read from ``/proc/net/udp*`` (UDP has no
   handshake to probe, and a probe datagram would be part of the conversation).
 - ``stdout:REGEX``: a line of the target's output matches.
@@ -17,13 +19,16 @@ whether the target is still alive.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
 import time
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["ReadyProbe", "parse_ready", "tcp_accepts", "udp_port_bound"]
+from .listeners import listeners_on_port
+
+__all__ = ["ReadyProbe", "parse_ready", "tcp_accepts", "tcp_listening", "udp_port_bound"]
 
 # Poll every 2 ms while most servers start (a venv Python listens after ~20 ms,
 # a loaded machine may take ten times that), then back off. A refused connect
@@ -48,7 +53,7 @@ class ReadyProbe:
     def describe(self, host: str, port: int) -> str:
         """What the probe was waiting for, in words, for timeout messages."""
         if self.kind == "tcp":
-            return f"a TCP connection to {format_address(host, port)} to succeed"
+            return f"a socket listening on TCP {format_address(host, port)}"
         if self.kind == "udp":
             return f"UDP port {port} to be bound"
         if self.kind == "stdout":
@@ -76,7 +81,7 @@ class ReadyProbe:
                     return False
                 time.sleep(min(_MAX_INTERVAL, max(0.0, end - time.monotonic())))
             return alive()
-        check = tcp_accepts if self.kind == "tcp" else udp_port_bound
+        check = tcp_listening if self.kind == "tcp" else udp_port_bound
         interval = _FIRST_INTERVAL
         fast_until = time.monotonic() + _FAST_PHASE
         while True:
@@ -102,6 +107,27 @@ def parse_ready(text: str) -> ReadyProbe:
 def format_address(host: str, port: int) -> str:
     """``127.0.0.1:80`` or ``[::1]:80``."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def tcp_listening(host: str, port: int) -> bool:
+    """True when a socket listens on TCP ``host:port`` (or the wildcard), read from ``/proc``: no connection is made.
+
+    A probe that connects is a client the target did not expect: a server
+    that dies on its first client dies of the probe, a moment after "ready",
+    and which check then sees the crash is a race. Where ``/proc`` is
+    missing or ``host`` is a name, this falls back to :func:`tcp_accepts`.
+    """
+    try:
+        wanted = ipaddress.ip_address(host)
+    except ValueError:
+        return tcp_accepts(host, port)
+    if not Path("/proc/net/tcp").exists():
+        return tcp_accepts(host, port)
+    for listener in listeners_on_port(port):
+        address = ipaddress.ip_address(listener.host)
+        if address == wanted or listener.host == "::" or (listener.host == "0.0.0.0" and wanted.version == 4):
+            return True
+    return False
 
 
 def tcp_accepts(host: str, port: int, timeout: float = 0.5) -> bool:

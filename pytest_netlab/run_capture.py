@@ -24,7 +24,7 @@ import dpkt
 
 from ._tcpdump import TcpdumpFailed, TcpdumpRecorder, find_tcpdump
 from .capture import DEFAULT_SNAPLEN, HOW_TO_ENABLE, CaptureBackend, CaptureError, CaptureUnavailable, _MarkerSocket, capture_support
-from .packets import MARKER_PREFIX, decode_frame
+from .packets import MARKER_PREFIX, frame_ports
 
 __all__ = ["RunCapture", "cut_between"]
 
@@ -185,8 +185,8 @@ def cut_between(
                     writer.writepkt(frame, timestamp)
                     break
                 if wanted:
-                    packet = decode_frame(timestamp, linktype, frame)
-                    if packet is None or not ({packet.sport, packet.dport} & wanted):
+                    ports = frame_ports(linktype, frame)
+                    if ports is None or not (set(ports) & wanted):
                         continue
                 writer.writepkt(frame, timestamp)
                 copied += 1

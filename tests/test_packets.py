@@ -20,10 +20,13 @@ from pytest_netlab.packets import (
     packets,
     read_packets,
     datagrams_to,
+    decode_frame,
+    frame_ports,
     resets,
     tls_records,
 )
 
+_LINK_ETHERNET = dpkt.pcap.DLT_EN10MB
 SYN, ACK, FIN, RST, PSH = (dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK, dpkt.tcp.TH_FIN, dpkt.tcp.TH_RST, dpkt.tcp.TH_PUSH)
 CLIENT = ("127.0.0.1", 50000)
 SERVER = ("127.0.0.1", 7000)
@@ -349,3 +352,24 @@ def test_tls_records_are_none_unless_the_payload_is_whole_records(payload: bytes
 def test_tls_records_never_raise(payload: bytes) -> None:
     records = tls_records(payload)
     assert records is None or sum(5 + r.length for r in records) == len(payload)
+
+
+@given(
+    st.integers(0, 65535),
+    st.integers(0, 65535),
+    st.sampled_from(["127.0.0.1", "::1"]),
+    st.sampled_from(["tcp", "udp"]),
+    st.sampled_from([_LINK_ETHERNET, 113, 101]),
+)
+def test_frame_ports_agree_with_the_decoder(sport: int, dport: int, host: str, protocol: str, linktype: int) -> None:
+    ip_packet = tcp((host, sport), (host, dport), dpkt.tcp.TH_ACK) if protocol == "tcp" else udp((host, sport), (host, dport), b"x")
+    frame = {_LINK_ETHERNET: ethernet, 113: _sll, 101: lambda p: p}[linktype](ip_packet)
+    decoded = decode_frame(0.0, linktype, frame)
+    assert decoded is not None
+    assert frame_ports(linktype, frame) == (decoded.sport, decoded.dport) == (sport, dport)
+
+
+def test_frame_ports_of_what_is_not_tcp_or_udp_is_none() -> None:
+    arp = bytes(dpkt.ethernet.Ethernet(src=b"\0" * 6, dst=b"\xff" * 6, type=dpkt.ethernet.ETH_TYPE_ARP, data=dpkt.arp.ARP()))
+    assert frame_ports(_LINK_ETHERNET, arp) is None
+    assert frame_ports(_LINK_ETHERNET, b"\0" * 10) is None

@@ -9,7 +9,7 @@ import pytest
 
 from pytest_netlab.listeners import listeners_of, listeners_on_port, process_tree
 from pytest_netlab.ports import PortAllocator, port_is_free
-from pytest_netlab.readiness import parse_ready, tcp_accepts, udp_port_bound
+from pytest_netlab.readiness import parse_ready, tcp_accepts, tcp_listening, udp_port_bound
 
 
 def test_workers_draw_from_disjoint_ranges_below_the_ephemeral_range() -> None:
@@ -54,3 +54,19 @@ def test_probes() -> None:
         assert {str(l) for l in listeners_of(os.getpid(), "udp")} >= {f"udp 127.0.0.1:{sock.getsockname()[1]}"}
     probe = parse_ready("stdout:listening on (\\d+)")
     assert probe.kind == "stdout" and probe.pattern is not None and str(probe) == "stdout:listening on (\\d+)"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs Linux /proc/net")
+def test_tcp_readiness_reads_the_listener_without_connecting() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        assert tcp_listening("127.0.0.1", port)
+        assert not tcp_listening("127.0.0.2", port)  # bound elsewhere: not where it was told
+        assert not tcp_listening("::1", port)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # no probe connection is waiting to be accepted
+    with socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True) as everywhere:
+        port = everywhere.getsockname()[1]
+        assert tcp_listening("127.0.0.1", port) and tcp_listening("::1", port)
+    assert not tcp_listening("127.0.0.1", port)  # closed
