@@ -70,3 +70,15 @@ def test_tcp_readiness_reads_the_listener_without_connecting() -> None:
         port = everywhere.getsockname()[1]
         assert tcp_listening("127.0.0.1", port) and tcp_listening("::1", port)
     assert not tcp_listening("127.0.0.1", port)  # closed
+
+
+def test_sock_diag_lists_listeners_of_both_families() -> None:
+    from pytest_netlab._sock_diag import listening_ports
+
+    with socket.create_server(("127.0.0.1", 0)) as v4, socket.create_server(("::1", 0), family=socket.AF_INET6) as v6:
+        found4, found6 = listening_ports(socket.AF_INET), listening_ports(socket.AF_INET6)
+        if found4 is None or found6 is None:
+            pytest.skip("sock_diag netlink is not available here")
+        assert (socket.inet_aton("127.0.0.1"), v4.getsockname()[1]) in found4
+        assert (socket.inet_pton(socket.AF_INET6, "::1"), v6.getsockname()[1]) in found6
+        assert all(port != v4.getsockname()[1] for _, port in found6)
