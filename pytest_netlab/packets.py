@@ -284,9 +284,11 @@ def frame_ports(linktype: int, frame: bytes) -> tuple[int, int] | None:
             header = (frame[ip] & 0x0F) * 4
             fragment = int.from_bytes(frame[ip + 6 : ip + 8], "big") & 0x1FFF
             if frame[ip + 9] in (6, 17) and header >= 20 and not fragment and len(frame) >= ip + header + 4:
-                return _PORTS.unpack_from(frame, ip + header)  # type: ignore[return-value]
+                sport, dport = _PORTS.unpack_from(frame, ip + header)
+                return sport, dport
         elif kind == b"\x86\xdd" and len(frame) >= ip + 44 and frame[ip + 6] in (6, 17):
-            return _PORTS.unpack_from(frame, ip + 40)  # type: ignore[return-value]
+            sport, dport = _PORTS.unpack_from(frame, ip + 40)
+            return sport, dport
     packet = _decode(0.0, linktype, frame)
     return (packet.sport, packet.dport) if packet is not None else None
 

@@ -185,8 +185,8 @@ def cut_between(
                     writer.writepkt(frame, timestamp)
                     break
                 if wanted:
-                    ports = frame_ports(linktype, frame)
-                    if ports is None or not (set(ports) & wanted):
+                    pair = frame_ports(linktype, frame)
+                    if pair is None or not (set(pair) & wanted):
                         continue
                 writer.writepkt(frame, timestamp)
                 copied += 1
