@@ -18,13 +18,12 @@ import random
 import shutil
 import signal
 import tempfile
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NoReturn
 
 from .errors import NotApplicable, ProtocolViolation
 from .rawclient import ScriptedClient
-from .stall import StallWatch, ignores_signal, process_tree, thread_activity
+from .stall import StallWatch, ignores_signal, process_tree, wait_until_asleep
 from .transcript import Transcript
 
 if TYPE_CHECKING:
@@ -225,15 +224,7 @@ class CheckContext:
         then sits in accept() and ignores the SIGINT (about 1 run in 100 on a
         busy machine). Asleep, the call is interrupted and the handler runs.
         """
-        tree = functools.partial(process_tree, process.pid, process.cgroup)
-        deadline = time.monotonic() + limit
-        last = None
-        while time.monotonic() < deadline:
-            activity = thread_activity(tree())
-            if activity is not None and activity == last:
-                return
-            last = activity
-            time.sleep(0.01)
+        wait_until_asleep(functools.partial(process_tree, process.pid, process.cgroup), limit, interval=0.01)
 
     # -- talking to it ---------------------------------------------------------
 

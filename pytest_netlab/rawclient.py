@@ -29,6 +29,8 @@ _RECV_SIZE = 65536
 _DRAIN_READS = 64
 # With a stall watch, a read wakes this often (seconds) to ask it whether the target has stalled.
 _STALL_POLL = 0.025
+# The longest send_chunks waits for the target to digest a piece (it may never sleep: a poller).
+_DIGEST_LIMIT = 0.1
 
 
 class ReceiveTimeout(ProtocolViolation):
@@ -154,7 +156,14 @@ class ScriptedClient:
         self._woke_target()
 
     def send_chunks(self, data: bytes, *, size: int | None = None, sizes: Iterable[int] | None = None, pause: float = 0.0) -> None:
-        """Send ``data`` in pieces: every ``size`` bytes, or at the given ``sizes``, pausing between."""
+        """Send ``data`` in pieces: every ``size`` bytes, or at the given ``sizes``, pausing between.
+
+        With a stall watch (a target we launched), each pause also lasts until
+        the target has digested the piece (its threads ran and sleep again, at
+        most :data:`_DIGEST_LIMIT` s): on a loaded machine a fixed pause lets
+        pieces pile up into one read() on the target's side, and a split meant
+        to catch a framing bug would then never reach it.
+        """
         if sizes is None:
             step = size or len(data) or 1
             sizes = [step] * ((len(data) + step - 1) // step)
@@ -166,6 +175,8 @@ class ScriptedClient:
             offset += n
             if pause and offset < len(data):
                 time.sleep(pause)
+                if self.stall_watch is not None:
+                    self.stall_watch.wait_until_asleep(_DIGEST_LIMIT)
         if offset < len(data):
             self.send(data[offset:])
 

@@ -16,8 +16,15 @@ thread that is runnable or in uninterruptible sleep, a new or vanished
 thread. A server that polls on a short timer keeps running and is never
 called stalled: waits fall back to their timeouts.
 
+The same reading tells when the target has *digested* what a check sent:
+its threads ran and are all asleep again (:func:`wait_until_asleep`). A
+check that sends a message in pieces waits for that between pieces, so each
+piece is its own read() on the target's side even on a loaded machine,
+where a fixed pause lets the pieces pile up into one read.
+
 Linux only (``/proc``); elsewhere :meth:`StallWatch.check` never reports a
-stall. This module only reads ``/proc``: it must not signal, wait or sleep.
+stall. This module only reads ``/proc``: it must not signal, and its only
+waits are bounded polls.
 """
 
 from __future__ import annotations
@@ -28,7 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
-__all__ = ["ConnectionQueues", "StallWatch", "connection_queues", "ignores_signal", "process_tree", "thread_activity"]
+__all__ = [
+    "ConnectionQueues",
+    "StallWatch",
+    "connection_queues",
+    "ignores_signal",
+    "process_tree",
+    "thread_activity",
+    "wait_until_asleep",
+]
 
 _PROC = Path("/proc")
 
@@ -92,6 +107,23 @@ def thread_activity(pids: Iterable[int]) -> Activity | None:
             except (IndexError, ValueError):
                 return None  # an unexpected format: never claim a stall from it
     return activity
+
+
+def wait_until_asleep(pids: Callable[[], list[int]], limit: float, interval: float = 0.002) -> bool:
+    """Poll until every thread of ``pids()`` sleeps, unscheduled, across two looks ``interval`` apart.
+
+    Returns False when ``limit`` seconds pass first (a target that keeps
+    running, or one whose threads cannot be read).
+    """
+    deadline = time.monotonic() + limit
+    last: Activity | None = None
+    while time.monotonic() < deadline:
+        activity = thread_activity(pids())
+        if activity is not None and activity == last:
+            return True
+        last = activity
+        time.sleep(interval)
+    return False
 
 
 @dataclass(frozen=True)
@@ -166,6 +198,10 @@ class StallWatch:
         self._clock = clock
         self._last: Activity | None = None
         self._since = clock()
+
+    def wait_until_asleep(self, limit: float) -> bool:
+        """Wait (at most ``limit`` s) until the target has digested what was sent: see :func:`wait_until_asleep`."""
+        return wait_until_asleep(self._pids, limit)
 
     def restart(self) -> None:
         """Forget what was seen: the check has just sent something, which may wake the target."""

@@ -9,10 +9,14 @@ hand-off and the comparison of what came back; it must not open sockets.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
-__all__ = ["SendProgress", "first_difference"]
+from pytest_netlab.errors import ProtocolViolation
+from pytest_netlab.rawclient import ClosedEarly, ReceiveTimeout, ScriptedClient
+
+__all__ = ["SendProgress", "first_difference", "read_bulk", "stop_sender"]
 
 # Bytes compared at a time before looking at single bytes: 16 MiB compare in milliseconds.
 _BLOCK = 4096
@@ -54,6 +58,47 @@ class SendProgress:
                 self._changed.wait(min(stall, max(0.0, deadline - time.monotonic())))
                 if self._count == seen and not self._done:
                     return  # no progress for `stall` seconds: the buffers are full
+
+
+def read_bulk(client: ScriptedClient, size: int, stall_limit: float) -> tuple[bytes, ProtocolViolation | None]:
+    """Read until ``size`` bytes are in, the target closes or goes idle, or nothing comes for ``stall_limit`` s.
+
+    Returns what came, and the violation that ended the reading early (a
+    close, a reset, or the target gone idle: ``client.stalled``); None when
+    all came or the reading ended on silence alone.
+    """
+    received = bytearray()
+    last_progress = time.monotonic()
+    while len(received) < size:
+        try:
+            chunk = client.recv_some(timeout=0.25)
+        except ReceiveTimeout as silence:
+            if client.stalled:
+                return bytes(received), silence
+            if time.monotonic() - last_progress > stall_limit:
+                break
+            continue
+        except ClosedEarly as closed:
+            return bytes(received), closed
+        if not chunk:
+            break
+        received += chunk
+        last_progress = time.monotonic()
+    return bytes(received), None
+
+
+def stop_sender(client: ScriptedClient, sender: threading.Thread, timeout: float) -> None:
+    """End the reading side's wait for a sender thread: wake it if it is still blocked in send(), then join it.
+
+    The verdict is known once the reading is over; shutting the socket down
+    makes a blocked send() fail at once (EPIPE) instead of at its timeout.
+    """
+    if sender.is_alive():
+        try:
+            client.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    sender.join(timeout)
 
 
 def first_difference(expected: bytes, got: bytes) -> int:

@@ -18,7 +18,8 @@ import pytest
 
 from conftest import FIXTURES, leftover_processes
 
-HANGS = FIXTURES / "misbehaving" / "hangs.py"
+# It keeps running, so no stall is proven and the check waits until the run is interrupted.
+HANGS = FIXTURES / "misbehaving" / "hangs_polling.py"
 FORKS = FIXTURES / "misbehaving" / "forks_children.py"
 
 

@@ -81,6 +81,14 @@ def test_hang_is_called_a_stall_at_once_with_the_transcript(pytester: pytest.Pyt
     assert elapsed < 30
 
 
+def test_a_hang_that_keeps_running_is_judged_by_the_timeout(pytester: pytest.Pytester, run_marker: str) -> None:
+    # Waking every 50 ms, it is never proven stalled: the check waits out its 3 s.
+    declare(pytester, "hangs_polling.py")
+    result, _ = run_bad(pytester)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*problem:    timed out after 3.0 s waiting for the echo of*", "*got:*nothing, then silence"])
+
+
 def test_output_flood_is_capped_and_the_checks_still_run(pytester: pytest.Pytester, run_marker: str) -> None:
     declare(pytester, "floods_output.py", startup_timeout=30.0)
     result, elapsed = run_bad(pytester)

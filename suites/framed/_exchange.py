@@ -13,9 +13,7 @@ This module must not decide what to send; the checks do.
 
 from __future__ import annotations
 
-import socket
 import threading
-import time
 from typing import Sequence
 
 from pytest_netlab.context import CheckContext
@@ -23,8 +21,8 @@ from pytest_netlab.errors import ProtocolViolation
 from pytest_netlab.rawclient import ClosedEarly, ReceiveTimeout, ScriptedClient
 from pytest_netlab.transcript import format_bytes
 
+from ..bulk_transfer import SendProgress, first_difference, read_bulk, stop_sender
 from ..wire_close import evidence_note
-from ..bulk_transfer import SendProgress, first_difference
 from ._wire import HEADER, explain_wrong_length, frame, little_endian_length, parse_frames
 
 __all__ = ["expect_message", "expect_close", "echo_in_bulk", "silence_hint", "REPLY_TIMEOUT"]
@@ -160,30 +158,8 @@ def echo_in_bulk(ctx: CheckContext, payloads: Sequence[bytes], *, stall: float =
     thread = threading.Thread(target=sender, name="netlab-framed-sender", daemon=True)
     thread.start()
     progress.wait_until_done_or_stalled(stall=0.3, limit=ctx.timeout(3.0))
-    received = bytearray()
-    last_progress = time.monotonic()
-    while len(received) < len(stream) and time.monotonic() - last_progress < ctx.timeout(stall):
-        try:
-            chunk = client.recv_some(timeout=0.25)
-        except ReceiveTimeout:
-            if client.stalled:
-                break  # the target went idle: nothing more is coming
-            continue
-        except ClosedEarly:
-            break
-        if not chunk:
-            break
-        received += chunk
-        last_progress = time.monotonic()
-    if thread.is_alive():
-        # The reading is over and the sender is still blocked in send(): wake it
-        # (EPIPE) rather than wait out its timeout; the verdict is already known.
-        try:
-            client.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-    thread.join(ctx.timeout(10.0))
-    got = bytes(received)
+    got, _ = read_bulk(client, len(stream), stall_limit=ctx.timeout(stall))  # what is missing says enough
+    stop_sender(client, thread, ctx.timeout(10.0))
     if got == stream:
         return
     echoes, _ = parse_frames(got)

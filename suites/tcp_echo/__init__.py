@@ -11,16 +11,14 @@ This continues until the calling user terminates the connection."
 from __future__ import annotations
 
 import random
-import socket
 import threading
 import time
 
 from pytest_netlab.context import CheckContext
-from pytest_netlab.errors import ProtocolViolation
 from pytest_netlab.registry import Role, Suite, register_suite
 from pytest_netlab.transcript import format_bytes
 
-from ..bulk_transfer import SendProgress, first_difference
+from ..bulk_transfer import SendProgress, first_difference, read_bulk, stop_sender
 from ..common_tcp import TcpProtocol, add_common_checks
 from ..wire_close import evidence_note, expect_no_reset_after_fin
 
@@ -103,32 +101,10 @@ def check_large_concurrent(ctx: CheckContext) -> None:
     thread = threading.Thread(target=sender, name="netlab-large-sender", daemon=True)
     thread.start()
     progress.wait_until_done_or_stalled(stall=0.2, limit=ctx.timeout(2.0))
-    received = bytearray()
-    stall_limit = ctx.timeout(3.0)
-    last_progress = time.monotonic()
-    while len(received) < len(payload):
-        try:
-            chunk = client.recv_some(timeout=0.25)
-        except ProtocolViolation as violation:
-            if client.stalled or "sent nothing" not in violation.summary:
-                errors.append(violation)
-                break
-            if time.monotonic() - last_progress > stall_limit:
-                break
-            continue
-        if not chunk:
-            break
-        received += chunk
-        last_progress = time.monotonic()
-    if thread.is_alive():
-        # The reading is over and the sender is still blocked in send(): wake it
-        # (EPIPE) rather than wait out its timeout; the verdict is already known.
-        try:
-            client.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-    thread.join(ctx.timeout(10.0))
-    got = bytes(received)
+    got, violation = read_bulk(client, len(payload), stall_limit=ctx.timeout(3.0))
+    if violation is not None:
+        errors.append(violation)
+    stop_sender(client, thread, ctx.timeout(10.0))
     if got == payload:
         return
     offset = first_difference(payload, got)
