@@ -155,14 +155,19 @@ class ScriptedClient:
         self.transcript.record(CLIENT_TO_SERVER, "data", data, stream=self.stream)
         self._woke_target()
 
-    def send_chunks(self, data: bytes, *, size: int | None = None, sizes: Iterable[int] | None = None, pause: float = 0.0) -> None:
+    def send_chunks(
+        self, data: bytes, *, size: int | None = None, sizes: Iterable[int] | None = None, pause: float = 0.0, digest: bool = False
+    ) -> None:
         """Send ``data`` in pieces: every ``size`` bytes, or at the given ``sizes``, pausing between.
 
-        With a stall watch (a target we launched), each pause also lasts until
-        the target has digested the piece (its threads ran and sleep again, at
-        most :data:`_DIGEST_LIMIT` s): on a loaded machine a fixed pause lets
-        pieces pile up into one read() on the target's side, and a split meant
-        to catch a framing bug would then never reach it.
+        Args:
+            digest: with a stall watch (a target we launched), each pause also
+                lasts until the target has digested the piece (its threads ran
+                and sleep again, at most :data:`_DIGEST_LIMIT` s). On a loaded
+                machine a fixed pause lets pieces pile up into one read() on
+                the target's side, and a split searched for to catch a framing
+                bug never reaches it. It costs time on every piece, so only
+                searches that depend on exact read boundaries ask for it.
         """
         if sizes is None:
             step = size or len(data) or 1
@@ -171,12 +176,14 @@ class ScriptedClient:
         for n in sizes:
             if offset >= len(data):
                 break
+            watch = self.stall_watch if digest else None
+            before = watch.activity() if watch is not None else None
             self.send(data[offset : offset + n])
             offset += n
             if pause and offset < len(data):
                 time.sleep(pause)
-                if self.stall_watch is not None:
-                    self.stall_watch.wait_until_asleep(_DIGEST_LIMIT)
+                if watch is not None:
+                    watch.wait_until_digested(before, _DIGEST_LIMIT)
         if offset < len(data):
             self.send(data[offset:])
 

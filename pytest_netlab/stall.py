@@ -199,8 +199,19 @@ class StallWatch:
         self._last: Activity | None = None
         self._since = clock()
 
-    def wait_until_asleep(self, limit: float) -> bool:
-        """Wait (at most ``limit`` s) until the target has digested what was sent: see :func:`wait_until_asleep`."""
+    def activity(self) -> Activity | None:
+        """The target's threads' run counts now (None while one is awake): the baseline for :meth:`wait_until_digested`."""
+        return thread_activity(self._pids())
+
+    def wait_until_digested(self, before: Activity | None, limit: float) -> bool:
+        """Wait (at most ``limit`` s) until the target has run since ``before`` and sleeps again.
+
+        One look suffices in the common case (it already ran and sleeps);
+        otherwise see :func:`wait_until_asleep`.
+        """
+        now = self.activity()
+        if now is not None and before is not None and now != before:
+            return True
         return wait_until_asleep(self._pids, limit)
 
     def restart(self) -> None:

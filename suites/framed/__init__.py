@@ -78,10 +78,13 @@ PROTOCOL = TcpProtocol(example=_example, partial_request=lambda rng: HEADER.pack
 add_common_checks(SUITE, PROTOCOL)
 
 
-def _send_in_pieces(client: ScriptedClient, pieces: list[bytes], pause: float, *, hint: str) -> None:
-    """Send each piece as its own segment, ``pause`` seconds apart (the client sets TCP_NODELAY)."""
+def _send_in_pieces(client: ScriptedClient, pieces: list[bytes], pause: float, *, hint: str, digest: bool = False) -> None:
+    """Send each piece as its own segment, ``pause`` seconds apart (the client sets TCP_NODELAY).
+
+    ``digest``: also wait until the target has read each piece (see ScriptedClient.send_chunks).
+    """
     try:
-        client.send_chunks(b"".join(pieces), sizes=[len(p) for p in pieces], pause=pause)
+        client.send_chunks(b"".join(pieces), sizes=[len(p) for p in pieces], pause=pause, digest=digest)
     except ProtocolViolation as failure:
         raise ProtocolViolation(
             f"the target ended the connection while messages arrived as {describe_pieces(pieces)}",
@@ -315,7 +318,8 @@ def check_split_anywhere(ctx: CheckContext) -> None:
         hint = explain_split(payloads, cuts)
         with ctx.connect(label="hypothesis") as client:
             try:
-                _send_in_pieces(client, split_at(b"".join(frame(p) for p in payloads), cuts), SEARCH_PAUSE, hint=hint)
+                # Each piece must be its own read() on the target's side, or the split tried is not the split seen.
+                _send_in_pieces(client, split_at(b"".join(frame(p) for p in payloads), cuts), SEARCH_PAUSE, hint=hint, digest=True)
                 for index, payload in enumerate(payloads):
                     expect_message(ctx, client, payload, what=f"message {index + 1} of {len(payloads)}", timeout=reply_timeout[0], hint=hint)
             except ProtocolViolation:

@@ -317,6 +317,7 @@ def check_split_anywhere(ctx: CheckContext) -> None:
                     question,
                     pieces=split_at(question, cuts),
                     pause=SEARCH_PAUSE,
+                    digest=True,  # each piece its own read() on the target's side, as the search meant
                     closed_hint=(
                         _closed_after(answered)
                         if answered

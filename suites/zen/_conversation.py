@@ -43,11 +43,13 @@ def ask(
     timeout: float = ANSWER_TIMEOUT,
     about: str = "",
     closed_hint: str = "",
+    digest: bool = False,
 ) -> None:
     """Ask ``question`` (sent as ``pieces`` if given) and demand the exact answer.
 
     Args:
         about: why this question, appended to the summary ("an empty question").
+        digest: wait until the target has read each piece (see ScriptedClient.send_chunks).
         closed_hint: the hint when the server closes instead of answering
             (the caller knows best why that is wrong here).
 
@@ -58,7 +60,7 @@ def ask(
     expected = answer_to(question)
     how_sent = describe_pieces(pieces) + (f" ({about})" if about else "")
     try:
-        client.send_chunks(b"".join(pieces), sizes=[len(p) for p in pieces], pause=pause)
+        client.send_chunks(b"".join(pieces), sizes=[len(p) for p in pieces], pause=pause, digest=digest)
     except ProtocolViolation as failure:
         raise ProtocolViolation(
             f"the target ended the connection while the client was sending {how_sent}",
