@@ -34,6 +34,7 @@ __all__ = [
     "RUN_VARIABLE",
     "PidsCgroup",
     "check_marker",
+    "children",
     "find_group_or_session",
     "find_marked",
     "kill_marked",
@@ -93,6 +94,29 @@ def _all_pids() -> Iterator[int]:
     for name in names:
         if name.isdigit():
             yield int(name)
+
+
+def children(pid: int) -> list[int]:
+    """The live children of ``pid``, from ``/proc/PID/task/TID/children`` (empty if it is gone).
+
+    Needs CONFIG_PROC_CHILDREN (see :data:`CHILDREN_LISTED`). A child that
+    daemonised is its parent's no longer and is not listed.
+    """
+    found: list[int] = []
+    try:
+        tasks = os.listdir(_PROC / str(pid) / "task")
+    except OSError:
+        return found
+    for tid in tasks:
+        try:
+            found.extend(int(child) for child in (_PROC / str(pid) / "task" / tid / "children").read_text().split())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+#: Whether this kernel lists each task's children in /proc (CONFIG_PROC_CHILDREN).
+CHILDREN_LISTED = (_PROC / str(os.getpid()) / "task" / str(os.getpid()) / "children").is_file()
 
 
 def _environ_entries(pid: int) -> set[bytes]:
@@ -271,6 +295,16 @@ class PidsCgroup:
     def open_for_child(self) -> int:
         """An fd on ``cgroup.procs``: the child writes ``0`` to it to join, before exec."""
         return os.open(self.path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+
+    def add(self, pid: int) -> None:
+        """Move ``pid`` (all its threads) into the group; its later children are born in it.
+
+        Raises:
+            ProcessLookupError: ``pid`` is gone.
+            OSError: the group is full (``pids.max``) or not writable.
+        """
+        with open(self.path / "cgroup.procs", "w") as procs:
+            procs.write(str(pid))
 
     def members(self) -> list[int]:
         """Pids of the live processes in the group (zombies are not listed)."""

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ._capped_log import CappedLog
-from ._child_setup import ChildSetup, ResourceLimits, explain_launch_failure
+from ._child_setup import ChildSetup, ResourceLimits, confine, explain_launch_failure, needs_preexec
 from ._process_tree import (
     MARKER_VARIABLE,
     RUN_VARIABLE,
@@ -156,9 +156,9 @@ class ManagedProcess:
 
     The process gets its own session (and process group), stdin from
     /dev/null, a capped log of stdout and stderr, the given resource limits,
-    and PR_SET_PDEATHSIG=SIGKILL. The main process is not reaped until
-    :meth:`terminate`, so its pid (and process group id) cannot be reused
-    while we may still signal it.
+    and (with ``die_with_parent``) PR_SET_PDEATHSIG=SIGKILL. The main process
+    is not reaped until :meth:`terminate`, so its pid (and process group id)
+    cannot be reused while we may still signal it.
 
     PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not
     the process: call :meth:`start` from a long-lived thread, normally the
@@ -216,6 +216,7 @@ class ManagedProcess:
         marker: str = "",
         run_marker: str | None = None,
         use_cgroup: bool = True,
+        die_with_parent: bool = True,
     ) -> ManagedProcess:
         """Start ``argv`` in ``cwd`` with exactly ``env`` (plus the marker variables).
 
@@ -224,6 +225,10 @@ class ManagedProcess:
             run_marker: the run's ``NETLAB_RUN``; None means ``env["NETLAB_RUN"]``,
                 else ``os.environ["NETLAB_RUN"]``, else none.
             use_cgroup: put the target in a pids cgroup of its own where possible.
+            die_with_parent: have the kernel kill the target when this thread
+                dies (PDEATHSIG). That needs a ``preexec_fn``, which makes every
+                start 9-16 ms slower; pass False where a :class:`Reaper` for the
+                run marker covers an abnormal end.
 
         Raises:
             LaunchError: the program could not be executed (not found, not
@@ -247,7 +252,9 @@ class ManagedProcess:
             child_env[RUN_VARIABLE] = run_marker
 
         cgroup = PidsCgroup.create(run_marker, limits.processes) if use_cgroup else None
-        cgroup_fd = cgroup.open_for_child() if cgroup else None
+        rlimits = limits.rlimits()
+        in_child = needs_preexec(die_with_parent=die_with_parent)
+        cgroup_fd = cgroup.open_for_child() if cgroup and in_child else None
         try:
             popen = subprocess.Popen(
                 argv,
@@ -259,7 +266,7 @@ class ManagedProcess:
                 bufsize=0,
                 close_fds=True,
                 start_new_session=True,
-                preexec_fn=ChildSetup(limits.rlimits(), cgroup_fd),
+                preexec_fn=ChildSetup(rlimits, cgroup_fd) if in_child else None,
             )
         except OSError as error:
             if cgroup:
@@ -272,6 +279,12 @@ class ManagedProcess:
         finally:
             if cgroup_fd is not None:
                 os.close(cgroup_fd)
+        if not in_child:
+            try:
+                confine(popen.pid, rlimits, cgroup)
+            except OSError as error:
+                _abandon(popen, cgroup)
+                raise LaunchError(f"cannot start {shlex.quote(argv[0])}: confining the child failed ({error})") from error
         process = cls(
             popen, argv, marker=marker, run_marker=run_marker, cgroup=cgroup, log_head=log_head, log_tail=log_tail
         )
@@ -439,8 +452,20 @@ class ManagedProcess:
             _live.discard(self)
 
 
+def _abandon(popen: subprocess.Popen[bytes], cgroup: PidsCgroup | None) -> None:
+    """Kill a child that was started but could not be confined, with whatever it forked."""
+    kill_until_gone(lambda: find_group_or_session(popen.pid), timeout=_KILL_TIMEOUT)
+    if cgroup:
+        cgroup.remove()
+    popen.wait(_REAP_TIMEOUT)
+    for pipe in (popen.stdout, popen.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
 # Processes started and not yet terminated. At a normal interpreter exit they
-# are terminated here; after an abnormal one the Reaper (and PDEATHSIG) do it.
+# are terminated here; after an abnormal one the Reaper (and PDEATHSIG, for
+# those started with die_with_parent) do it.
 _live: set[ManagedProcess] = set()
 _live_lock = threading.Lock()
 

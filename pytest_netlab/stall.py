@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from ._process_tree import children
+
 __all__ = [
     "ConnectionQueues",
     "StallWatch",
@@ -68,15 +70,7 @@ def process_tree(root: int, cgroup: Path | None = None) -> list[int]:
     while stack and len(found) < 4096:  # bounded: a fork bomb is the pids limit's business
         pid = stack.pop()
         found.append(pid)
-        try:
-            tasks = os.listdir(_PROC / str(pid) / "task")
-        except OSError:
-            continue
-        for tid in tasks:
-            try:
-                stack.extend(int(child) for child in (_PROC / str(pid) / "task" / tid / "children").read_text().split())
-            except (OSError, ValueError):
-                continue
+        stack.extend(children(pid))
     return found
 
 

@@ -165,6 +165,7 @@ class TargetInstance:
                 env=env,
                 limits=limits_for(self.spec),
                 marker=f"t-{uuid.uuid4().hex[:20]}",
+                die_with_parent=False,  # the run's Reaper kills it if pytest dies; a start is 10 ms faster
             )
         except LaunchError as error:
             return TargetStartError(f"target {self.spec.name} could not be started: {error}", details=f"command: {' '.join(argv)}")

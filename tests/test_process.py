@@ -24,7 +24,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-from pytest_netlab._process_tree import PidsCgroup, find_marked
+from pytest_netlab._child_setup import confine, needs_preexec
+from pytest_netlab._process_tree import PidsCgroup, children, find_marked
 from pytest_netlab.process import (
     CappedLog,
     ExitStatus,
@@ -455,9 +456,10 @@ def test_run_marker_comes_from_keyword_then_env_then_our_environment(
         assert process.run_marker == expected
 
 
-def test_resource_limits_are_applied(launch: Launcher) -> None:
+@pytest.mark.parametrize("die_with_parent", [True, False], ids=["preexec", "vfork-then-confine"])
+def test_resource_limits_are_applied(launch: Launcher, die_with_parent: bool) -> None:
     limits = ResourceLimits(cpu_seconds=30, memory_bytes=1024 * MIB, processes=64, file_size_bytes=MIB, open_files=100)
-    process = launch(["sleep", "60"], limits=limits)
+    process = launch(["sleep", "60"], limits=limits, die_with_parent=die_with_parent)
     table = Path(f"/proc/{process.pid}/limits").read_text()
 
     def limit(name: str) -> list[str]:
@@ -498,11 +500,12 @@ def test_file_size_limit_kills_a_native_writer_with_sigxfsz(launch: Launcher, tm
     assert not list(tmp_path.glob("core*"))  # core dumps are off
 
 
-def test_inherited_ignored_sigint_is_reset_for_the_target(launch: Launcher) -> None:
+@pytest.mark.parametrize("die_with_parent", [True, False], ids=["preexec", "vfork-then-confine"])
+def test_inherited_ignored_sigint_is_reset_for_the_target(launch: Launcher, die_with_parent: bool) -> None:
     # A pytest started as a background shell job has SIGINT ignored.
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        process = launch(["sleep", "60"])
+        process = launch(["sleep", "60"], die_with_parent=die_with_parent)
     finally:
         signal.signal(signal.SIGINT, previous)
     status_lines = Path(f"/proc/{process.pid}/status").read_text().splitlines()
@@ -512,7 +515,8 @@ def test_inherited_ignored_sigint_is_reset_for_the_target(launch: Launcher) -> N
     assert process.wait(30) == ExitStatus(-signal.SIGINT)
 
 
-def test_pids_cgroup_caps_forks_even_for_root(launch: Launcher) -> None:
+@pytest.mark.parametrize("die_with_parent", [True, False], ids=["preexec", "vfork-then-confine"])
+def test_pids_cgroup_caps_forks_even_for_root(launch: Launcher, die_with_parent: bool) -> None:
     process = launch(python("""
         import os, time
         forked = 0
@@ -527,7 +531,7 @@ def test_pids_cgroup_caps_forks_even_for_root(launch: Launcher) -> None:
             forked += 1
         print('forked', forked, flush=True)
         time.sleep(60)
-    """), limits=ResourceLimits(processes=10))
+    """), limits=ResourceLimits(processes=10), die_with_parent=die_with_parent)
     group = process.cgroup
     if group is None:
         pytest.skip("no writable cgroup-v1 pids hierarchy here (needs root or delegation)")
@@ -540,6 +544,54 @@ def test_pids_cgroup_caps_forks_even_for_root(launch: Launcher) -> None:
 
     assert not group.exists()
     assert find_marked(process.marker) == []
+
+
+def test_confine_reaches_children_forked_before_it(tmp_path: Path) -> None:
+    # What a vfork'ed target may do before the parent confines it: fork at once.
+    script = "import os, time\nfor _ in range(3):\n    if os.fork() == 0:\n        time.sleep(60)\n        os._exit(0)\nprint('forked', flush=True)\ntime.sleep(60)\n"
+    popen = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, start_new_session=True)
+    group = PidsCgroup.create("", max_pids=20)
+    try:
+        assert popen.stdout is not None and popen.stdout.readline() == b"forked\n"
+        family = [popen.pid, *children(popen.pid)]
+        assert len(family) == 4
+
+        confine(popen.pid, ResourceLimits(open_files=77).rlimits(), group)
+
+        for pid in family:
+            assert "Max open files            77                   77" in Path(f"/proc/{pid}/limits").read_text()
+        if group is not None:
+            assert sorted(group.members()) == sorted(family)
+    finally:
+        os.killpg(popen.pid, signal.SIGKILL)
+        popen.wait(10)
+        popen.stdout.close()  # type: ignore[union-attr]
+        if group is not None:
+            group.remove()
+
+
+def test_confine_skips_a_child_that_is_gone() -> None:
+    popen = subprocess.Popen(["true"])
+    popen.wait(10)  # a zombie: nothing left to confine, and no error
+    confine(popen.pid, ResourceLimits().rlimits(), None)
+
+
+def test_a_child_is_prepared_in_preexec_when_the_parent_ignores_or_blocks_signals() -> None:
+    assert needs_preexec(die_with_parent=True)
+    inherited = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        assert not needs_preexec(die_with_parent=False)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        assert needs_preexec(die_with_parent=False)  # a vfork'ed child would keep SIGHUP ignored
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGUSR1])
+        try:
+            assert needs_preexec(die_with_parent=False)  # ... and the blocked mask
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGUSR1])
+    finally:
+        for sig, handler in inherited.items():
+            signal.signal(sig, handler)
 
 
 # --- kill_marked ------------------------------------------------------------------------
