@@ -46,6 +46,9 @@ SIGNAL_EXIT_SECONDS = 5.0
 # Reference servers answer within milliseconds; a book-style server that polls on
 # a timer keeps running and is never called stalled.
 STALL_QUIET_SECONDS = 0.15
+# The same when every thread waits in a call without a timeout (accept, recv, a
+# lock) and no timer is armed: nothing but input from outside can wake it.
+STALL_PROVEN_QUIET_SECONDS = 0.05
 
 
 class CaptureWindow:
@@ -272,6 +275,7 @@ class CheckContext:
                     server_port=address[1],
                     client_port=client.sock.getsockname()[1],
                     quiet=self.timeout(STALL_QUIET_SECONDS),
+                    proven_quiet=self.timeout(STALL_PROVEN_QUIET_SECONDS),
                 )
         return None
 

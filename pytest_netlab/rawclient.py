@@ -28,7 +28,7 @@ _RECV_SIZE = 65536
 # At most this many reads (4 MiB) of leftovers before an orderly close.
 _DRAIN_READS = 64
 # With a stall watch, a read wakes this often (seconds) to ask it whether the target has stalled.
-_STALL_POLL = 0.025
+_STALL_POLL = 0.01
 # The longest send_chunks waits for the target to digest a piece (it may never sleep: a poller).
 _DIGEST_LIMIT = 0.1
 

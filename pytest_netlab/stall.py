@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from ._blocking_calls import cannot_wake_by_itself
 from ._process_tree import children
 
 __all__ = [
@@ -122,29 +123,41 @@ def wait_until_asleep(pids: Callable[[], list[int]], limit: float, interval: flo
 
 @dataclass(frozen=True)
 class ConnectionQueues:
-    """The target's side of one TCP connection: bytes it has not sent yet, bytes it has not read."""
+    """One TCP connection's queues: the target's unsent and unread bytes, and ours not yet acknowledged."""
 
     unsent: int
     unread: int
+    #: Bytes our (the client's) socket sent that the target's kernel has not
+    #: acknowledged yet: on their way, not yet in its receive queue. -1 when our
+    #: socket is not in the table.
+    in_flight: int = -1
 
 
 def connection_queues(server_port: int, client_port: int) -> ConnectionQueues | None:
-    """The queues of the target's socket for the connection between the two ports, from ``/proc/net/tcp{,6}``.
+    """The queues of both ends of the connection between the two ports, from ``/proc/net/tcp{,6}``.
 
-    None when the socket is not found (closed, or another network namespace).
+    None when the target's socket is not found (closed, or another network namespace).
     """
-    local, remote = f":{server_port:04X} ", f":{client_port:04X} "
+    server_end, client_end = (f":{server_port:04X} ", f":{client_port:04X} "), (f":{client_port:04X} ", f":{server_port:04X} ")
     for table in ("tcp", "tcp6"):
         try:
             lines = (_PROC / "net" / table).read_text().splitlines()[1:]
         except OSError:
             continue
+        found: dict[tuple[str, str], tuple[int, int]] = {}
         for line in lines:
             fields = line.split()
             # sl local_address rem_address st tx_queue:rx_queue ...
-            if len(fields) > 4 and (fields[1] + " ").endswith(local) and (fields[2] + " ").endswith(remote):
-                unsent, unread = (int(value, 16) for value in fields[4].split(":"))
-                return ConnectionQueues(unsent, unread)
+            if len(fields) <= 4:
+                continue
+            for end in (server_end, client_end):
+                if (fields[1] + " ").endswith(end[0]) and (fields[2] + " ").endswith(end[1]):
+                    tx_queue, rx_queue = (int(value, 16) for value in fields[4].split(":"))
+                    found[end] = (tx_queue, rx_queue)
+        if server_end in found:
+            unsent, unread = found[server_end]
+            in_flight = found[client_end][0] if client_end in found else -1
+            return ConnectionQueues(unsent, unread, in_flight)
     return None
 
 
@@ -173,6 +186,9 @@ class StallWatch:
         pids: the target's processes, asked on every check (a server may fork).
         server_port, client_port: the connection the check waits on.
         quiet: seconds every thread must sleep, unscheduled, before a stall is called.
+        proven_quiet: the same, shorter, for a target whose every thread waits in
+            a call without a timeout, with no timer armed: only our input could
+            wake it (see :mod:`pytest_netlab._blocking_calls`). None: always ``quiet``.
         clock: for tests.
     """
 
@@ -183,12 +199,14 @@ class StallWatch:
         server_port: int,
         client_port: int,
         quiet: float,
+        proven_quiet: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pids = pids
         self._server_port = server_port
         self._client_port = client_port
         self._quiet = quiet
+        self._proven_quiet = quiet if proven_quiet is None else min(proven_quiet, quiet)
         self._clock = clock
         self._last: Activity | None = None
         self._since = clock()
@@ -221,15 +239,20 @@ class StallWatch:
         if activity is None or activity != self._last:
             self._last, self._since = activity, now
             return None
-        if now - self._since < self._quiet:
+        asleep = now - self._since
+        if asleep < self._proven_quiet:
+            return None
+        proven = asleep < self._quiet and cannot_wake_by_itself(pids)
+        if asleep < self._quiet and not proven:
             return None
         queues = connection_queues(self._server_port, self._client_port)
-        if queues is None or queues.unsent:
-            self._since = now  # bytes on their way, or no socket to judge by: not a stall
+        if queues is None or queues.unsent or queues.in_flight > 0:
+            self._since = now  # bytes on their way (either way), or no socket to judge by: not a stall
             return None
         threads = len(activity)
         unread = f"{queues.unread} bytes of ours unread in its receive queue" if queues.unread else "everything we sent read"
+        why = " waiting in calls without a timeout, no timer armed," if proven else ""
         return (
-            f"the target's {threads} thread{'s' if threads != 1 else ''} slept {now - self._since:.1f} s without running once, "
+            f"the target's {threads} thread{'s' if threads != 1 else ''} slept {asleep:.2f} s without running once,{why} "
             f"with {unread} and nothing in its send queue: no reply is coming"
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import signal
 import socket
 import subprocess
@@ -12,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from pytest_netlab.stall import StallWatch, connection_queues, ignores_signal, process_tree, thread_activity
+from pytest_netlab.stall import ConnectionQueues, StallWatch, connection_queues, ignores_signal, process_tree, thread_activity
 
 # A server that prints its port, accepts one client, then does what BEHAVIOUR says.
 SERVER = """
@@ -23,6 +24,7 @@ conn, _ = listener.accept()
 {behaviour}
 """
 NEVER_READS = "time.sleep(60)"
+ACCEPTS_AGAIN = "listener.accept()"
 READS_THEN_SLEEPS = "conn.recv(100); time.sleep(60)"
 POLLS = "conn.setblocking(False)\nwhile True:\n    time.sleep(0.02)"
 FLOODS_THEN_SLEEPS = "conn.setblocking(False)\ntry:\n    while True: conn.send(b'x' * 65536)\nexcept BlockingIOError:\n    pass\ntime.sleep(60)"
@@ -49,9 +51,11 @@ def serve() -> Iterator:
         process.wait(timeout=10)
 
 
-def watch_on(process: subprocess.Popen[str], client: socket.socket, quiet: float = 0.2) -> StallWatch:
+def watch_on(process: subprocess.Popen[str], client: socket.socket, quiet: float = 0.2, proven_quiet: float | None = None) -> StallWatch:
     server_port, client_port = client.getpeername()[1], client.getsockname()[1]
-    return StallWatch(lambda: process_tree(process.pid), server_port=server_port, client_port=client_port, quiet=quiet)
+    return StallWatch(
+        lambda: process_tree(process.pid), server_port=server_port, client_port=client_port, quiet=quiet, proven_quiet=proven_quiet
+    )
 
 
 def first_stall(watch: StallWatch, within: float) -> tuple[str | None, float]:
@@ -71,6 +75,23 @@ def test_a_server_that_never_reads_is_stalled_with_our_bytes_unread(serve) -> No
     why, after = first_stall(watch_on(process, client), within=10)
     assert why is not None and "53 bytes of ours unread in its receive queue" in why and "no reply is coming" in why
     assert after >= 0.2
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64"), reason="no system call table for this machine")
+def test_a_server_blocked_in_accept_is_stalled_after_the_short_quiet_period(serve) -> None:
+    process, client = serve(ACCEPTS_AGAIN)
+    client.sendall(b"x" * 53)
+    why, after = first_stall(watch_on(process, client, quiet=5.0, proven_quiet=0.05), within=10)
+    assert why is not None and "waiting in calls without a timeout, no timer armed" in why and "53 bytes of ours unread" in why
+    assert 0.05 <= after < 4.0
+
+
+def test_a_server_in_a_timed_sleep_gets_the_full_quiet_period(serve) -> None:
+    process, client = serve(NEVER_READS)  # time.sleep(60): a timer, which could wake it to answer
+    client.sendall(b"x" * 53)
+    why, after = first_stall(watch_on(process, client, quiet=0.5, proven_quiet=0.05), within=10)
+    assert why is not None and "calls without a timeout" not in why
+    assert after >= 0.5
 
 
 def test_a_server_that_read_and_sleeps_is_stalled_with_everything_read(serve) -> None:
@@ -139,3 +160,14 @@ def test_unknown_connection_has_no_queues() -> None:
         probe.bind(("127.0.0.1", 0))
         unused = probe.getsockname()[1]
     assert connection_queues(unused, unused) is None
+
+
+def test_queues_show_both_ends(serve) -> None:
+    process, client = serve(NEVER_READS)
+    client.sendall(b"x" * 53)
+    server_port, client_port = client.getpeername()[1], client.getsockname()[1]
+    deadline = time.monotonic() + 10
+    while (queues := connection_queues(server_port, client_port)) is None or queues.in_flight:
+        assert time.monotonic() < deadline, f"our bytes were never acknowledged: {queues}"
+        time.sleep(0.01)
+    assert queues == ConnectionQueues(unsent=0, unread=53, in_flight=0)
