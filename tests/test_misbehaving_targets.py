@@ -73,7 +73,7 @@ def test_hang_is_called_a_stall_at_once_with_the_transcript(pytester: pytest.Pyt
     result.stdout.fnmatch_lines(
         [
             "*problem:    the target went idle without sending the echo of*",
-            "*got:*silence: the target's 1 thread slept 0.* s without running once, with 15 bytes of ours unread in its receive queue*",
+            "*got:*silence: the target's 1 thread slept 0.* s without running once, waiting in calls without a timeout, no timer armed, with 15 bytes of ours unread in its receive queue*",
             "*transcript: *c->s b'Hello, netlab!*",
         ]
     )
