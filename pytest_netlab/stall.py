@@ -246,8 +246,11 @@ class StallWatch:
         if asleep < self._quiet and not proven:
             return None
         queues = connection_queues(self._server_port, self._client_port)
-        if queues is None or queues.unsent or queues.in_flight > 0:
-            self._since = now  # bytes on their way (either way), or no socket to judge by: not a stall
+        # Bytes on their way to us, or ours on their way with none arrived yet, or
+        # no socket to judge by: not a stall. (Ours held back by a full receive
+        # queue the target does not read are no excuse.)
+        if queues is None or queues.unsent or (queues.in_flight > 0 and not queues.unread):
+            self._since = now
             return None
         threads = len(activity)
         unread = f"{queues.unread} bytes of ours unread in its receive queue" if queues.unread else "everything we sent read"

@@ -86,6 +86,21 @@ def test_a_server_blocked_in_accept_is_stalled_after_the_short_quiet_period(serv
     assert 0.05 <= after < 4.0
 
 
+def test_our_bytes_held_back_by_a_full_receive_queue_are_no_excuse(serve) -> None:
+    # What a half-close or bulk check does to a server that never reads: our send queue stays full.
+    process, client = serve(ACCEPTS_AGAIN)
+    client.setblocking(False)
+    try:
+        while True:
+            client.send(b"x" * 65536)
+    except BlockingIOError:
+        pass
+    queues = connection_queues(client.getpeername()[1], client.getsockname()[1])
+    assert queues is not None and queues.in_flight > 0 and queues.unread > 0
+    why, _ = first_stall(watch_on(process, client, quiet=0.3), within=10)
+    assert why is not None and "bytes of ours unread in its receive queue" in why
+
+
 def test_a_server_in_a_timed_sleep_gets_the_full_quiet_period(serve) -> None:
     process, client = serve(NEVER_READS)  # time.sleep(60): a timer, which could wake it to answer
     client.sendall(b"x" * 53)
