@@ -26,8 +26,7 @@ __all__ = ["GENERIC", "X86_64", "cannot_wake_by_itself", "waits_without_timeout"
 _PROC = Path("/proc")
 
 # How to tell whether a call blocks forever, from its arguments: the index of
-# the argument that holds the timeout, and what that argument is.
-_NO_TIMEOUT_ARGUMENT = None
+# the argument that holds the timeout (None: the call has none), and its kind.
 _MILLISECONDS_INT = "ms"  # an int: -1 (any negative) waits forever
 _POINTER = "ptr"  # a pointer to a timespec/timeval: NULL waits forever
 _FUTEX = "futex"  # FUTEX_WAIT / FUTEX_WAIT_BITSET with a NULL timeout

@@ -39,6 +39,7 @@ __all__ = [
     "find_marked",
     "kill_marked",
     "kill_until_gone",
+    "process_tree",
     "protected_pids",
     "signal_pids",
 ]
@@ -97,11 +98,15 @@ def _all_pids() -> Iterator[int]:
 
 
 def children(pid: int) -> list[int]:
-    """The live children of ``pid``, from ``/proc/PID/task/TID/children`` (empty if it is gone).
+    """The live children of ``pid`` (empty if it is gone).
 
-    Needs CONFIG_PROC_CHILDREN (see :data:`CHILDREN_LISTED`). A child that
-    daemonised is its parent's no longer and is not listed.
+    From ``/proc/PID/task/TID/children`` where the kernel has it
+    (CONFIG_PROC_CHILDREN, :data:`CHILDREN_LISTED`), else from a scan of
+    every process's parent. A child that daemonised is its parent's no longer
+    and is not listed.
     """
+    if not CHILDREN_LISTED:
+        return [child for child in _all_pids() if (stat := _read_stat(child)) is not None and stat.ppid == pid]
     found: list[int] = []
     try:
         tasks = os.listdir(_PROC / str(pid) / "task")
@@ -112,6 +117,17 @@ def children(pid: int) -> list[int]:
             found.extend(int(child) for child in (_PROC / str(pid) / "task" / tid / "children").read_text().split())
         except (OSError, ValueError):
             continue
+    return found
+
+
+def process_tree(root: int) -> list[int]:
+    """``root`` and its live descendants (at most 4096: a fork bomb is the pids limit's business)."""
+    found: list[int] = []
+    stack = [root]
+    while stack and len(found) < 4096:
+        pid = stack.pop()
+        found.append(pid)
+        stack.extend(children(pid))
     return found
 
 

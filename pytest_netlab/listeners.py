@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._process_tree import process_tree
+
 __all__ = ["Listener", "listeners_on_port", "listeners_of", "process_tree"]
 
 _TCP_LISTEN = "0A"
@@ -77,26 +79,6 @@ def _table(proto: str) -> list[Listener]:
 def listeners_on_port(port: int, proto: str = "tcp") -> list[Listener]:
     """Every socket listening (TCP) or bound (UDP) on ``port``, whoever owns it."""
     return [listener for listener in _table(proto) if listener.port == port]
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants that are alive now."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name may hold spaces and parentheses: split after the last ')'.
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 1:
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    tree, queue = [], [pid]
-    while queue:
-        current = queue.pop()
-        tree.append(current)
-        queue.extend(children.get(current, []))
-    return tree
 
 
 def _socket_inodes(pid: int) -> set[int]:

@@ -195,6 +195,7 @@ class ManagedProcess:
         self._cgroup = cgroup
         self._owner_pid = os.getpid()
         self._final: ExitStatus | None = None
+        self._last_words_waited = False
         self._terminate_lock = threading.Lock()
         try:
             self._pidfd: int | None = os.pidfd_open(popen.pid)
@@ -320,9 +321,11 @@ class ManagedProcess:
             remaining = deadline - time.monotonic()
             if status is not None:
                 # Its last words may still be in the pipes: let the readers catch up
-                # (briefly: a child it left behind may hold the pipes open).
-                self.stdout.wait_eof(_LAST_WORDS)
-                self.stderr.wait_eof(_LAST_WORDS)
+                # (briefly, and once: a child it left behind may hold the pipes open).
+                if not self._last_words_waited:
+                    self._last_words_waited = True
+                    self.stdout.wait_eof(_LAST_WORDS)
+                    self.stderr.wait_eof(_LAST_WORDS)
                 return status
             if remaining <= 0:
                 return None

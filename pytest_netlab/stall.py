@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from ._blocking_calls import cannot_wake_by_itself
-from ._process_tree import children
+from ._process_tree import process_tree as descendants_and_root
 
 __all__ = [
     "ConnectionQueues",
@@ -57,22 +57,15 @@ Activity = dict[tuple[int, int], int]
 def process_tree(root: int, cgroup: Path | None = None) -> list[int]:
     """The live processes of a target: its pids cgroup's members, else ``root`` and its descendants.
 
-    The descendants come from ``/proc/PID/task/TID/children`` (a process
-    that daemonised away from ``root`` is not followed, and not needed: it is
-    no longer the target's).
+    A process that daemonised away from ``root`` is not followed, and not
+    needed: it is no longer the target's.
     """
     if cgroup is not None:
         try:
             return [int(line) for line in (cgroup / "cgroup.procs").read_text().split()]
         except (OSError, ValueError):
             pass
-    found: list[int] = []
-    stack = [root]
-    while stack and len(found) < 4096:  # bounded: a fork bomb is the pids limit's business
-        pid = stack.pop()
-        found.append(pid)
-        stack.extend(children(pid))
-    return found
+    return descendants_and_root(root)
 
 
 def thread_activity(pids: Iterable[int]) -> Activity | None:

@@ -309,6 +309,21 @@ def test_wait_for_gives_up_when_the_program_dies_but_a_child_holds_the_pipe(laun
     assert process.poll() == ExitStatus(0)
 
 
+def test_wait_gives_the_pipes_their_last_words_once_when_a_child_holds_them(launch: Launcher) -> None:
+    process = launch(python("""
+        import os, time
+        print('bye', flush=True)
+        if os.fork() == 0:
+            time.sleep(60)  # keeps stdout and stderr open after its parent exited
+    """))
+    assert process.wait(30) == ExitStatus(0)  # waits up to _LAST_WORDS per pipe for an EOF that does not come
+    assert process.stdout.text() == "bye\n"
+    started = time.monotonic()
+    for _ in range(5):
+        assert process.wait(30) == ExitStatus(0)
+    assert time.monotonic() - started < 0.2  # not 5 x 2 x 0.25 s again
+
+
 # --- misbehaving targets --------------------------------------------------------------
 
 

@@ -13,6 +13,7 @@ from typing import Iterator
 
 import pytest
 
+from pytest_netlab import _process_tree
 from pytest_netlab.stall import ConnectionQueues, StallWatch, connection_queues, ignores_signal, process_tree, thread_activity
 
 # A server that prints its port, accepts one client, then does what BEHAVIOUR says.
@@ -144,10 +145,13 @@ def test_what_the_client_sends_restarts_the_quiet_period(serve) -> None:
     assert watch.check() is None  # a fresh quiet period starts with what we just sent
 
 
-def test_the_tree_holds_children_and_a_busy_process_is_awake(serve) -> None:
+def test_the_tree_holds_children_and_a_busy_process_is_awake(serve, monkeypatch: pytest.MonkeyPatch) -> None:
     process, _ = serve(WITH_A_CHILD)
     assert process.stdout is not None
     child = int(process.stdout.readline())
+    assert set(process_tree(process.pid)) == {process.pid, child}
+    # Without /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN), a scan of every parent pid finds the same.
+    monkeypatch.setattr(_process_tree, "CHILDREN_LISTED", False)
     assert set(process_tree(process.pid)) == {process.pid, child}
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
