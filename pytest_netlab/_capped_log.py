@@ -23,7 +23,7 @@ __all__ = ["CappedLog"]
 # Lines longer than this are matched on their beginning only, so that one
 # gigabyte without a newline cannot become one gigabyte of memory.
 _LINE_CAP = 4096
-_READ_SIZE = 65536
+_READ_SIZE = 262144  # what a widened pipe holds (process._PIPE_BYTES)
 # How long wait_for still waits for the pipe to close after the process died:
 # its last lines may still be in the pipe, not yet read by the drain thread.
 _DRAIN_AFTER_EXIT = 0.5

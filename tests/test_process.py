@@ -348,6 +348,19 @@ def test_flooding_target_is_drained_with_bounded_memory_then_serves(launch: Laun
     assert process.terminate() == ExitStatus(-signal.SIGTERM)
 
 
+def test_output_pipes_are_widened_so_a_flood_drains_in_fewer_wakeups(launch: Launcher) -> None:
+    process = launch(python("""
+        import fcntl, sys, time
+        deadline = time.monotonic() + 10  # the parent widens the pipes just after the start
+        sizes = lambda: [fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) for fd in (1, 2)]
+        while sizes() != [256 * 1024] * 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print(*sizes(), flush=True)
+    """))
+    assert process.wait(30) == ExitStatus(0), process.describe()
+    assert process.stdout.text() == "262144 262144\n"
+
+
 def test_flooding_target_is_terminated_mid_flood(launch: Launcher) -> None:
     process = launch(misbehaving("floods_output.py"))
     assert process.stdout.wait_for(re.compile(r"flooded 128 MiB"), 60, lambda: process.running)
