@@ -171,10 +171,11 @@ def confine(pid: int, rlimits: tuple[tuple[int, tuple[int, int]], ...], cgroup: 
             continue
         seen.add(current)
         try:
-            if cgroup is not None:
-                cgroup.add(current)
+            # Limits first: they take microseconds, joining a cgroup-v1 group about 10 ms.
             for which, limits in rlimits:
                 resource.prlimit(current, which, limits)
+            if cgroup is not None:
+                cgroup.add(current)
         except ProcessLookupError:
             continue
         pending.extend(children(current))

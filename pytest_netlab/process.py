@@ -283,14 +283,14 @@ class ManagedProcess:
         finally:
             if cgroup_fd is not None:
                 os.close(cgroup_fd)
-        for pipe in (popen.stdout, popen.stderr):
-            _widen(pipe)
         if not in_child:
             try:
                 confine(popen.pid, rlimits, cgroup)
             except OSError as error:
                 _abandon(popen, cgroup)
                 raise LaunchError(f"cannot start {shlex.quote(argv[0])}: confining the child failed ({error})") from error
+        for pipe in (popen.stdout, popen.stderr):
+            _widen(pipe)
         process = cls(
             popen, argv, marker=marker, run_marker=run_marker, cgroup=cgroup, log_head=log_head, log_tail=log_tail
         )
