@@ -36,7 +36,13 @@ def start_pytest(tmp_path: Path, *args: str) -> subprocess.Popen[bytes]:
         env={**os.environ, "TMPDIR": str(tmp_path / "tmp")},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        preexec_fn=_sigint_default,
     )
+
+
+def _sigint_default() -> None:
+    """In the child: take SIGINT by default even when this pytest runs as a background job (SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for_targets(marker: str, count: int, timeout: float = 30) -> None:

@@ -163,7 +163,11 @@ def test_the_tree_holds_children_and_a_busy_process_is_awake(serve, monkeypatch:
 
 
 def test_sig_ign_is_read_from_proc() -> None:
-    source = "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    # SIGINT caught explicitly: a pytest started as a background job passes SIGINT on ignored.
+    source = (
+        "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        "signal.signal(signal.SIGINT, signal.default_int_handler); print('ready', flush=True); time.sleep(60)"
+    )
     process = subprocess.Popen([sys.executable, "-c", source], stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout is not None and process.stdout.readline().strip() == "ready"
